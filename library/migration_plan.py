@@ -1,0 +1,119 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, pgmigrate-ops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+---
+module: migration_plan
+short_description: Load and check a migration plan file
+description:
+  - Loads C(<plan_dir>/<version>.yml), the runbook's Migration Plan Template in machine-readable form, and checks
+    it against the plan schema (C(module_utils/pgmigrate_plan.py)).
+  - Fails before anything touches a database, with every problem named by its field path
+    (for example C(backfills[0].batch_size) with what it expects).
+  - An unknown version fails with the list of versions that have a plan.
+  - Reads files only; changes nothing.
+version_added: "1.0.0"
+author: pgmigrate-ops contributors
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+options:
+  version:
+    description: Version to migrate to; the plan file is C(<plan_dir>/<version>.yml).
+    type: str
+    required: true
+  plan_dir:
+    description: Directory holding the plan files.
+    type: path
+    required: true
+'''
+
+EXAMPLES = r'''
+- name: Load the plan for this version
+  migration_plan:
+    version: "{{ version }}"
+    plan_dir: "{{ pgmigrate_plan_dir }}"
+  delegate_to: localhost
+  register: __plan_loaded
+'''
+
+RETURN = r'''
+plan:
+  description: The plan, as loaded and checked.
+  returned: success
+  type: dict
+path:
+  description: The plan file that was loaded.
+  returned: always
+  type: str
+  sample: /srv/pgmigrate-ops/migrations/2.0.0.yml
+available_versions:
+  description: Versions that have a plan file in O(plan_dir).
+  returned: always
+  type: list
+  elements: str
+'''
+
+import os
+import re
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.pgmigrate_plan import VERSION_RE, validate_plan
+
+try:
+    import yaml
+    HAS_YAML = True
+except ImportError:  # pragma: no cover
+    HAS_YAML = False
+
+
+def available_versions(plan_dir: str) -> list[str]:
+    try:
+        names = os.listdir(plan_dir)
+    except OSError:
+        return []
+    versions = [n[:-4] for n in names if n.endswith(".yml") and re.match(VERSION_RE, n[:-4])]
+    return sorted(versions, key=lambda v: [int(x) if x.isdigit() else x for x in re.split(r"[.+-]", v)])
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(version=dict(type="str", required=True), plan_dir=dict(type="path", required=True)),
+        supports_check_mode=True,
+    )
+    if not HAS_YAML:
+        from ansible.module_utils.basic import missing_required_lib
+        module.fail_json(msg=missing_required_lib("PyYAML"))
+    version, plan_dir = module.params["version"], module.params["plan_dir"]
+    versions = available_versions(plan_dir)
+    result = {"changed": False, "available_versions": versions}
+    if not re.match(VERSION_RE, version or ""):
+        module.fail_json(msg=f"version {version!r} is not a version number like 2.0.0; pass -e version=X.Y.Z "
+                             f"(plans exist for: {', '.join(versions) or 'none'})", **result)
+    path = os.path.join(plan_dir, f"{version}.yml")
+    result["path"] = path
+    if not os.path.isfile(path):
+        module.fail_json(msg=f"no migration plan for version {version}: {path} does not exist. "
+                             f"Plans exist for: {', '.join(versions) or 'none'}. Write {version}.yml from "
+                             "migrations/TEMPLATE.yml or pick one of those versions.", **result)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            plan = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        module.fail_json(msg=f"plan {path} is not valid YAML: {exc}", **result)
+    except OSError as exc:
+        module.fail_json(msg=f"cannot read plan {path}: {exc}", **result)
+    errors = validate_plan(plan, version)
+    if errors:
+        module.fail_json(msg=f"plan {path} is malformed ({len(errors)} problem{'s' if len(errors) > 1 else ''}): "
+                             + "; ".join(errors), errors=errors, **result)
+    module.exit_json(plan=plan, **result)
+
+
+if __name__ == "__main__":
+    main()

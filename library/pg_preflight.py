@@ -1,0 +1,173 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, pgmigrate-ops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+---
+module: pg_preflight
+short_description: State the migration estimate the runbook asks for before anything changes
+description:
+  - Read-only look at the target database for a migration plan (runbook 2.1.1), in one C(READ ONLY) transaction.
+  - Reports the server version and the settings that matter to a migration, the database size, the size and
+    estimated rows of each table the plan touches, the rows each backfill will touch (the planner's estimate from
+    C(EXPLAIN), cheap; the table's row estimate when the backfill's columns do not exist yet), the current Alembic
+    revision, and the free disk space where the backup goes.
+  - Never changes anything, in or out of check mode.
+version_added: "1.0.0"
+author: pgmigrate-ops contributors
+extends_documentation_fragment:
+  - pgmigrate
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+options:
+  plan:
+    description: The migration plan (as returned by M(migration_plan)).
+    type: dict
+    required: true
+  backup_dir:
+    description: Directory on this host where the backup will be written; its free space is reported.
+    type: path
+'''
+
+EXAMPLES = r'''
+- name: Estimate the migration
+  pg_preflight:
+    login_db: "{{ pgmigrate_db_name }}"
+    plan: "{{ __plan_loaded.plan }}"
+    backup_dir: "{{ pgmigrate_backup_dir }}"
+  register: __plan_preflight
+'''
+
+RETURN = r'''
+server:
+  description: Server version and the settings that matter to a migration.
+  returned: always
+  type: dict
+  sample: {version: "15.18", version_num: 150018, settings: {lock_timeout: "0", statement_timeout: "0"}}
+database:
+  description: Name and size of the database, and its current Alembic revision (null when it has none).
+  returned: always
+  type: dict
+  sample: {name: football_prediction, size_bytes: 52428800, size: 50 MB, alembic_revision: v1_0_0}
+tables:
+  description: Tables the plan touches with estimated rows and total size (missing tables have C(exists=false)).
+  returned: always
+  type: list
+  elements: dict
+backfills:
+  description: Rows each backfill will touch (estimate) and how that was estimated.
+  returned: always
+  type: list
+  elements: dict
+disk:
+  description: Free bytes where the backup goes, and whether that holds the database size with a 20% margin.
+  returned: when backup_dir is given
+  type: dict
+'''
+
+import os
+import shutil
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.pgmigrate import connect, connection_argument_spec, resolve_table, sql
+
+SETTINGS = ("server_version", "lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout",
+            "max_wal_size", "maintenance_work_mem", "work_mem", "shared_buffers", "wal_level", "archive_mode",
+            "max_connections", "autovacuum", "synchronous_commit")
+
+
+def pretty(num: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(num) < 1024 or unit == "TB":
+            return f"{num:.0f} {unit}" if unit == "B" else f"{num:.1f} {unit}"
+        num /= 1024
+    return f"{num} B"
+
+
+def table_facts(cur, name: str) -> dict:
+    found = resolve_table(cur, name)
+    if not found:
+        return {"name": name, "exists": False}
+    cur.execute("SELECT greatest(c.reltuples, 0)::bigint, pg_total_relation_size(c.oid) FROM pg_class c WHERE c.oid = %s",
+                (found["oid"],))
+    rows, size = cur.fetchone()
+    return {"name": f"{found['schema']}.{found['table']}", "exists": True, "rows_estimate": rows,
+            "total_bytes": size, "total": pretty(size)}
+
+
+def backfill_estimate(cur, backfill: dict) -> dict:
+    table = table_facts(cur, backfill["table"])
+    out = {"name": backfill["name"], "table": backfill["table"]}
+    if not table["exists"]:
+        return dict(out, rows_estimate=None, method="table does not exist yet")
+    where = backfill.get("where")
+    if not where:
+        return dict(out, rows_estimate=table["rows_estimate"], method="all rows (no where filter)")
+    cur.execute("SAVEPOINT estimate")
+    try:
+        # The filter is SQL from the plan by design (operator-owned configuration), run by EXPLAIN only,
+        # inside a READ ONLY transaction: it can cost planning time, never change data.
+        cur.execute(sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} WHERE {}").format(
+            sql.Identifier(*table["name"].split(".", 1)), sql.SQL(where)))
+        rows = int(cur.fetchone()[0][0]["Plan"]["Plan Rows"])
+        cur.execute("RELEASE SAVEPOINT estimate")
+        return dict(out, rows_estimate=rows, method="planner estimate of the where filter")
+    except Exception as exc:  # columns created by this migration do not exist yet
+        cur.execute("ROLLBACK TO SAVEPOINT estimate")
+        return dict(out, rows_estimate=table["rows_estimate"],
+                    method=f"all rows of the table (filter not plannable before the schema phase: "
+                           f"{str(exc).splitlines()[0]})")
+
+
+def main() -> None:
+    argument_spec = connection_argument_spec()
+    argument_spec.update(plan=dict(type="dict", required=True), backup_dir=dict(type="path"))
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    plan = module.params["plan"]
+    conn = connect(module)
+    result: dict = {"changed": False}
+    try:
+        conn.set_session(readonly=True)
+        with conn.cursor() as cur:
+            cur.execute("SELECT name, setting, unit FROM pg_settings WHERE name = ANY(%s)", (list(SETTINGS),))
+            settings = {n: (f"{s}{u}" if u and u not in ("B",) and s not in ("0", "-1") else s)
+                        for n, s, u in cur.fetchall()}
+            cur.execute("SELECT current_setting('server_version_num')::int, current_database(), "
+                        "pg_database_size(current_database())")
+            version_num, dbname, dbsize = cur.fetchone()
+            result["server"] = {"version": settings.pop("server_version", ""), "version_num": version_num,
+                                "settings": settings}
+            revision = None
+            if resolve_table(cur, "alembic_version"):
+                cur.execute("SELECT string_agg(version_num, ',') FROM alembic_version")
+                revision = cur.fetchone()[0]
+            result["database"] = {"name": dbname, "size_bytes": dbsize, "size": pretty(dbsize),
+                                  "alembic_revision": revision}
+            names = list(dict.fromkeys((plan.get("database") or {}).get("tables", [])
+                                       + [b["table"] for b in plan.get("backfills", [])]))
+            result["tables"] = [table_facts(cur, n) for n in names]
+            result["backfills"] = [backfill_estimate(cur, b) for b in plan.get("backfills", [])]
+        conn.rollback()
+    except Exception as exc:
+        module.fail_json(msg=f"preflight query failed: {exc}")
+    finally:
+        conn.close()
+    backup_dir = module.params["backup_dir"]
+    if backup_dir:
+        probe = backup_dir
+        while probe and not os.path.exists(probe):
+            probe = os.path.dirname(probe)
+        free = shutil.disk_usage(probe or "/").free
+        need = int(result["database"]["size_bytes"] * 1.2)
+        result["disk"] = {"backup_dir": backup_dir, "measured_at": probe, "free_bytes": free, "free": pretty(free),
+                          "needed_bytes": need, "enough": free >= need}
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

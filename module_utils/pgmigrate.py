@@ -1,0 +1,200 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, pgmigrate-ops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Shared code for the pgmigrate-ops modules.
+
+One connection helper (argument spec + connect), identifier quoting, and the DDL of
+the tool's own schema in the target database (the run ledger and the lock).  Every
+module imports it as ``ansible.module_utils.pgmigrate``; ansible.cfg points
+``module_utils`` at this directory.
+"""
+from __future__ import annotations
+
+import os
+import re
+import traceback
+
+PSYCOPG2_IMP_ERR = None
+try:
+    import psycopg2
+    import psycopg2.extras
+    from psycopg2 import sql
+    HAS_PSYCOPG2 = True
+except ImportError:  # pragma: no cover - exercised only without the library
+    psycopg2 = None
+    sql = None
+    HAS_PSYCOPG2 = False
+    PSYCOPG2_IMP_ERR = traceback.format_exc()
+
+DEFAULT_OPS_SCHEMA = "migration_ops"
+OPS_SCHEMA_VERSION = 1
+
+
+def connection_argument_spec() -> dict:
+    """Options every database module takes; documented by the ``pgmigrate`` doc fragment."""
+    return dict(
+        login_host=dict(type="str", default=None),
+        login_port=dict(type="int", default=None),
+        login_user=dict(type="str", default=None),
+        login_password=dict(type="str", default=None, no_log=True),
+        login_db=dict(type="str", default=None, aliases=["db", "database"]),
+        ssl_mode=dict(type="str", default="prefer",
+                      choices=["allow", "disable", "prefer", "require", "verify-ca", "verify-full"]),
+        ca_cert=dict(type="path", default=None, aliases=["ssl_rootcert"]),
+        connect_timeout=dict(type="int", default=10),
+        ops_schema=dict(type="str", default=DEFAULT_OPS_SCHEMA),
+    )
+
+
+def connection_kwargs(params: dict, dbname: str | None = None) -> dict:
+    """libpq keywords from module params.  Unset values fall back to libpq's own
+    environment (PGHOST, PGPASSWORD, PGPASSFILE / ~/.pgpass ...)."""
+    kw = {
+        "host": params.get("login_host"),
+        "port": params.get("login_port"),
+        "user": params.get("login_user"),
+        "password": params.get("login_password") or None,
+        "dbname": dbname or params.get("login_db"),
+        "sslmode": params.get("ssl_mode"),
+        "sslrootcert": params.get("ca_cert"),
+        "connect_timeout": params.get("connect_timeout"),
+    }
+    return {k: v for k, v in kw.items() if v not in (None, "")}
+
+
+def libpq_env(params: dict, dbname: str | None = None) -> dict:
+    """Environment for libpq command-line tools (pg_dump, psql, alembic via env):
+    the password goes through PGPASSWORD, never through argv."""
+    mapping = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "password": "PGPASSWORD",
+               "dbname": "PGDATABASE", "sslmode": "PGSSLMODE", "sslrootcert": "PGSSLROOTCERT",
+               "connect_timeout": "PGCONNECT_TIMEOUT"}
+    env = dict(os.environ)
+    for key, value in connection_kwargs(params, dbname).items():
+        env[mapping[key]] = str(value)
+    return env
+
+
+_AUTH_HINT = ("check login_user/login_password (inventory group_vars or ansible-vault), "
+              "or PGPASSWORD / ~/.pgpass on the control node")
+
+
+def explain_connect_error(exc: Exception) -> str:
+    text = str(exc).strip()
+    if "password authentication failed" in text or "no password supplied" in text:
+        return f"{text}; {_AUTH_HINT}"
+    if "does not exist" in text and "database" in text:
+        return f"{text}; check login_db (pgmigrate_db_name)"
+    if "Connection refused" in text or "could not connect" in text or "timeout" in text:
+        return f"{text}; check login_host/login_port and that the server is running"
+    return text
+
+
+def connect(module, dbname: str | None = None, autocommit: bool = False,
+            application_name: str | None = None):
+    """Open a psycopg2 connection or fail the module with a message that says what to do."""
+    if not HAS_PSYCOPG2:
+        from ansible.module_utils.basic import missing_required_lib
+        module.fail_json(msg=missing_required_lib("psycopg2"), exception=PSYCOPG2_IMP_ERR)
+    kw = connection_kwargs(module.params, dbname)
+    kw["application_name"] = application_name or f"pgmigrate-ops:{module._name}"
+    try:
+        conn = psycopg2.connect(**kw)
+    except psycopg2.Error as exc:
+        module.fail_json(msg=f"unable to connect to database: {explain_connect_error(exc)}")
+    conn.autocommit = autocommit
+    return conn
+
+
+IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+
+
+def split_qualified(name: str) -> tuple[str | None, str]:
+    """'schema.table' -> ('schema', 'table'); 'table' -> (None, 'table').
+
+    Names are taken literally (no unquoting): a dot splits schema from table, and
+    whatever else the name holds is quoted by psycopg2.sql.Identifier.  A name with more
+    than one dot is rejected rather than guessed at."""
+    parts = name.split(".")
+    if len(parts) == 1:
+        return None, parts[0]
+    if len(parts) == 2 and all(parts):
+        return parts[0], parts[1]
+    raise ValueError(f"table name {name!r} must be 'table' or 'schema.table'")
+
+
+def table_identifier(name: str):
+    schema, table = split_qualified(name)
+    return sql.Identifier(schema, table) if schema else sql.Identifier(table)
+
+
+def resolve_table(cur, name: str) -> dict | None:
+    """Look a table up in the catalog without interpolating the name into SQL.
+
+    Returns {'schema', 'table', 'oid'} or None when it does not exist."""
+    schema, table = split_qualified(name)
+    if schema is None:
+        cur.execute(
+            "SELECT n.nspname, c.relname, c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relname = %s AND c.relkind IN ('r', 'p') AND n.nspname = ANY (current_schemas(false)) "
+            "ORDER BY array_position(current_schemas(false), n.nspname) LIMIT 1", (table,))
+    else:
+        cur.execute(
+            "SELECT n.nspname, c.relname, c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relname = %s AND n.nspname = %s AND c.relkind IN ('r', 'p')", (table, schema))
+    row = cur.fetchone()
+    return None if row is None else {"schema": row[0], "table": row[1], "oid": row[2]}
+
+
+def ops_schema_exists(cur, schema: str) -> bool:
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{quote_ident_text(schema)}.runs",))
+    return bool(cur.fetchone()[0])
+
+
+def quote_ident_text(name: str) -> str:
+    """Quote an identifier as text for to_regclass(); used only as a bound parameter."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def ensure_ops_schema(cur, schema: str) -> bool:
+    """Create the ledger schema (runs, lock) if missing.  Returns True when it created it.
+
+    Callers must not call this in check mode."""
+    existed = ops_schema_exists(cur, schema)
+    s = sql.Identifier(schema)
+    statements = [
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s),
+        sql.SQL("""CREATE TABLE IF NOT EXISTS {}.runs (
+            id bigserial PRIMARY KEY,
+            kind text NOT NULL DEFAULT 'migrate',
+            version text NOT NULL,
+            from_version text,
+            to_version text,
+            from_revision text,
+            to_revision text,
+            status text NOT NULL DEFAULT 'running'
+                CHECK (status IN ('running', 'succeeded', 'failed', 'rolled_back', 'rollback_failed')),
+            started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+            finished_at timestamptz,
+            operator text NOT NULL,
+            control_host text,
+            control_pid integer,
+            backup_path text,
+            backup_verified boolean,
+            phases jsonb NOT NULL DEFAULT '{{}}'::jsonb,
+            error text
+        )""").format(s),
+        sql.SQL("""CREATE TABLE IF NOT EXISTS {}.lock (
+            lock_name text PRIMARY KEY,
+            run_id bigint NOT NULL REFERENCES {}.runs (id),
+            operator text NOT NULL,
+            control_host text NOT NULL,
+            control_pid integer,
+            control_pid_start text,
+            acquired_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+            heartbeat_at timestamptz NOT NULL DEFAULT clock_timestamp()
+        )""").format(s, s),
+        sql.SQL("CREATE INDEX IF NOT EXISTS runs_version_status_idx ON {}.runs (version, status)").format(s),
+    ]
+    for stmt in statements:
+        cur.execute(stmt)
+    return not existed

@@ -1,0 +1,209 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, pgmigrate-ops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The migration plan file format (migrations/<version>.yml) and its validator.
+
+The plan is the runbook's Migration Plan Template made machine-readable.  The schema
+below is the single source of truth for its fields; ``validate_plan`` returns every
+problem with the dotted path of the field and what is expected, so an operator can fix
+the file without reading code.  No third-party schema library: modules must run on any
+control node or execution environment with only Ansible and psycopg2.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+VERSION_RE = r"^\d+\.\d+\.\d+([-.+][0-9A-Za-z.-]+)?$"
+DURATION_RE = r"^\d+(ms|s|min|h)$"
+NAME_RE = r"^[a-z][a-z0-9_]{0,62}$"
+
+# Field spec keys: type (str|int|float|bool|number|dict|list|any), required, choices,
+# pattern, min, fields (for dict), items (for list), keys/values (for free-form maps),
+# default (documentation only), doc.
+STR = {"type": "str"}
+
+CHECK_SPEC = {
+    "type": "dict",
+    "fields": {
+        "name": {"type": "str", "required": True, "pattern": NAME_RE},
+        "kind": {"type": "str", "required": True,
+                 "choices": ["row_count", "migrated_percentage", "invalid_rows", "schema", "custom_sql"]},
+        "table": STR,
+        "column": STR,
+        "columns": {"type": "list", "items": STR},
+        "where": STR,
+        "predicate": STR,
+        "sql": STR,
+        "expect": {"type": "any"},
+        "tolerance": {"type": "number", "min": 0},
+        "threshold": {"type": "number", "min": 0},
+        "max_invalid": {"type": "int", "min": 0},
+        "severity": {"type": "str", "choices": ["error", "warning"]},
+        "description": STR,
+        "expect_schema": {"type": "dict"},
+    },
+}
+
+BACKFILL_SPEC = {
+    "type": "dict",
+    "fields": {
+        "name": {"type": "str", "required": True, "pattern": NAME_RE},
+        "description": STR,
+        "table": {"type": "str", "required": True},
+        "key": {"type": "list", "items": STR},
+        "set": {"type": "dict", "values": STR, "doc": "column -> SQL expression over the current row"},
+        "python": {"type": "str", "pattern": r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+                   "doc": "module.path:function transform (instead of set)"},
+        "python_path": STR,
+        "columns": {"type": "list", "items": STR},
+        "where": STR,
+        "incremental": {"type": "dict", "fields": {
+            "column": STR, "hours": {"type": "number", "min": 0}, "since_last_run": {"type": "bool"}}},
+        "batch_size": {"type": "int", "min": 1},
+        "min_batch_size": {"type": "int", "min": 1},
+        "max_batch_size": {"type": "int", "min": 1},
+        "target_batch_ms": {"type": "int", "min": 1},
+        "pause_ms": {"type": "int", "min": 0},
+        "lock_timeout": {"type": "str", "pattern": DURATION_RE},
+        "workers": {"type": "int", "min": 1},
+        "max_replication_lag_s": {"type": "number", "min": 0},
+        "hold_on_autovacuum": {"type": "bool"},
+        "max_archive_backlog": {"type": "int", "min": 0},
+    },
+}
+
+PLAN_SPEC: dict[str, Any] = {
+    "type": "dict",
+    "fields": {
+        "plan_format": {"type": "int", "required": True, "choices": [1]},
+        "version": {"type": "str", "required": True, "pattern": VERSION_RE},
+        "from_version": {"type": "str", "required": True, "pattern": VERSION_RE},
+        "type": {"type": "str", "required": True, "choices": ["schema", "data", "both"]},
+        "title": {"type": "str", "required": True},
+        "description": STR,
+        "downtime": {"type": "dict", "required": True, "fields": {
+            "expected": {"type": "str", "required": True, "choices": ["none", "read_only", "full"]},
+            "window": STR,
+            "max_minutes": {"type": "int", "min": 0},
+        }},
+        "affected_components": {"type": "list", "required": True, "items": STR, "min": 1},
+        "contacts": {"type": "list", "items": {"type": "dict", "fields": {
+            "role": {"type": "str", "required": True}, "name": {"type": "str", "required": True},
+            "email": STR, "phone": STR, "slack": STR}}},
+        "database": {"type": "dict", "fields": {
+            "name": STR,
+            "tables": {"type": "list", "items": STR, "doc": "tables the migration touches (row-count baseline)"},
+        }},
+        "schema": {"type": "dict", "required": True, "fields": {
+            "tool": {"type": "str", "choices": ["alembic", "sql", "none"]},
+            "alembic_dir": STR,
+            "alembic_config": STR,
+            "from_revision": STR,
+            "revision": {"type": "str", "required": True},
+            "lock_timeout": {"type": "str", "pattern": DURATION_RE},
+            "statement_timeout": {"type": "str", "pattern": DURATION_RE},
+            "lock_retries": {"type": "int", "min": 0},
+            "sql_files": {"type": "list", "items": STR},
+            "expect": {"type": "dict"},
+        }},
+        "backup": {"type": "dict", "fields": {
+            "enabled": {"type": "bool"},
+            "format": {"type": "str", "choices": ["custom", "directory"]},
+            "jobs": {"type": "int", "min": 1},
+            "verify": {"type": "bool"},
+            "retain": {"type": "int", "min": 1},
+        }},
+        "backfills": {"type": "list", "items": BACKFILL_SPEC},
+        "validation": {"type": "dict", "fields": {
+            "checks": {"type": "list", "items": CHECK_SPEC},
+            "smoke": {"type": "dict"},
+            "performance": {"type": "dict"},
+            "test_command": STR,
+        }},
+        "release": {"type": "dict", "required": True, "fields": {
+            "version": {"type": "str", "required": True, "pattern": VERSION_RE},
+            "strategy": {"type": "str", "required": True, "choices": ["blue_green", "rolling", "none"]},
+            "health_path": STR,
+            "config": {"type": "dict"},
+        }},
+        "rollback": {"type": "dict", "required": True, "fields": {
+            "policy": {"type": "str", "required": True, "choices": ["automatic", "manual"]},
+            "restore_backup": {"type": "str", "choices": ["never", "if_data_changed", "always"]},
+            "max_minutes": {"type": "int", "min": 0},
+        }},
+        "notify": {"type": "dict"},
+        "monitoring": {"type": "dict"},
+    },
+}
+
+_PY_TYPES = {"str": (str,), "int": (int,), "float": (float,), "number": (int, float), "bool": (bool,),
+             "dict": (dict,), "list": (list,)}
+
+
+def _type_ok(value: Any, kind: str) -> bool:
+    if kind == "any":
+        return True
+    if kind in ("int", "number", "float") and isinstance(value, bool):
+        return False
+    return isinstance(value, _PY_TYPES[kind])
+
+
+def validate(value: Any, spec: dict, path: str = "") -> list[str]:
+    """Every problem in ``value`` as 'path: what is wrong (what is expected)'."""
+    where = path or "plan"
+    kind = spec.get("type", "any")
+    if not _type_ok(value, kind):
+        return [f"{where}: expected {kind}, got {type(value).__name__} {value!r:.60}"]
+    errors: list[str] = []
+    if "choices" in spec and value not in spec["choices"]:
+        errors.append(f"{where}: {value!r} is not one of {spec['choices']}")
+    if "pattern" in spec and isinstance(value, str) and not re.match(spec["pattern"], value):
+        errors.append(f"{where}: {value!r} does not match {spec['pattern']}")
+    if "min" in spec:
+        size = len(value) if isinstance(value, (list, dict, str)) else value
+        if size < spec["min"]:
+            errors.append(f"{where}: must be at least {spec['min']}")
+    if kind == "dict":
+        fields = spec.get("fields")
+        if fields is not None:
+            for name, sub in fields.items():
+                if sub.get("required") and name not in value:
+                    errors.append(f"{path + '.' if path else ''}{name}: required field is missing")
+            for name, item in value.items():
+                sub_path = f"{path}.{name}" if path else str(name)
+                if name not in fields:
+                    close = [f for f in fields if f.startswith(str(name)[:3])]
+                    hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(fields))})"
+                    errors.append(f"{sub_path}: unknown field{hint}")
+                    continue
+                errors.extend(validate(item, fields[name], sub_path))
+        elif "values" in spec:
+            for name, item in value.items():
+                errors.extend(validate(item, spec["values"], f"{path}.{name}"))
+    if kind == "list" and "items" in spec:
+        for i, item in enumerate(value):
+            errors.extend(validate(item, spec["items"], f"{where}[{i}]"))
+    return errors
+
+
+def validate_plan(plan: Any, expected_version: str | None = None) -> list[str]:
+    errors = validate(plan, PLAN_SPEC)
+    if errors:
+        return errors
+    if expected_version and plan["version"] != expected_version:
+        errors.append(f"version: the file says {plan['version']!r} but it was loaded for {expected_version!r}")
+    names = [b["name"] for b in plan.get("backfills", [])]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        errors.append(f"backfills: name {dup!r} is used twice")
+    for i, backfill in enumerate(plan.get("backfills", [])):
+        if bool(backfill.get("set")) == bool(backfill.get("python")):
+            errors.append(f"backfills[{i}] ({backfill['name']}): give exactly one of 'set' (SQL expressions) "
+                          "or 'python' (module:function)")
+    checks = [c["name"] for c in plan.get("validation", {}).get("checks", [])]
+    for dup in sorted({n for n in checks if checks.count(n) > 1}):
+        errors.append(f"validation.checks: name {dup!r} is used twice")
+    schema = plan["schema"]
+    if schema.get("tool", "alembic") == "alembic" and not schema.get("alembic_dir"):
+        errors.append("schema.alembic_dir: required when schema.tool is alembic (the directory of alembic.ini)")
+    return errors

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Install what the control node needs, idempotently:
+#   - a Python >= 3.12 virtualenv in .venv with requirements.txt (Ansible 14 needs 3.12+)
+#   - the PostgreSQL server binaries (Debian's postgresql-15) when missing
+#   - with --services: nginx and supervisor for the blue-green demo/tests
+# Prints what it installs; never asks questions.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+want_services=0
+[[ "${1:-}" == "--services" ]] && want_services=1
+
+say() { printf '[bootstrap] %s\n' "$*"; }
+
+find_python() {
+  local c v
+  for c in "${PGMIGRATE_PYTHON:-}" python3.13 python3.12; do
+    [[ -n "$c" ]] && command -v "$c" >/dev/null 2>&1 && { command -v "$c"; return; }
+  done
+  if command -v pyenv >/dev/null 2>&1; then
+    for v in $(pyenv versions --bare 2>/dev/null | grep -E '^3\.1[2-9]' | sort -V -r); do
+      [[ -x "$(pyenv prefix "$v")/bin/python3" ]] && { echo "$(pyenv prefix "$v")/bin/python3"; return; }
+    done
+  fi
+  for c in python3 /usr/bin/python3; do
+    if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 12))'; then
+      command -v "$c"; return
+    fi
+  done
+  return 1
+}
+
+apt_install() {
+  say "installing Debian packages: $*"
+  if [[ $(id -u) -ne 0 ]]; then say "need root to install $* (or install them yourself)"; exit 1; fi
+  # Keep package scripts from starting services: we start our own, on loopback.
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+  fi
+  if [[ ! -e .state/.apt-updated ]]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    mkdir -p .state && touch .state/.apt-updated
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# 1. PostgreSQL server binaries
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  say "PostgreSQL server binaries are missing"
+  apt_install postgresql-15 postgresql-client-15
+fi
+
+# 2. Optional services for the blue-green switch
+if [[ $want_services -eq 1 ]]; then
+  missing=()
+  command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+  command -v supervisord >/dev/null 2>&1 || missing+=(supervisor)
+  [[ ${#missing[@]} -gt 0 ]] && apt_install "${missing[@]}"
+fi
+
+# 3. The control node's virtualenv
+stamp=.venv/.requirements.sha256
+sum=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [[ -x .venv/bin/python ]] && [[ -f $stamp ]] && [[ "$(cat $stamp)" == "$sum" ]]; then
+  exit 0
+fi
+if ! py=$(find_python); then
+  say "no Python >= 3.12 found. Ansible 14 needs it on the control node."
+  say "install one (pyenv install 3.12, or apt-get install python3.12 on newer Debian), or set PGMIGRATE_PYTHON=/path/to/python3.12"
+  exit 1
+fi
+if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 12))'; then
+  say "creating .venv with $py ($("$py" --version))"
+  rm -rf .venv
+  "$py" -m venv .venv
+fi
+say "installing requirements.txt into .venv"
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -r requirements.txt
+echo "$sum" > "$stamp"
+say "ready: $(.venv/bin/ansible --version | head -1)"
