@@ -115,6 +115,7 @@ last_success:
 import json
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible.module_utils.pgmigrate import connect, connection_argument_spec, ops_schema_exists, sql
 
 ALLOWED_FIELDS = ("from_revision", "to_revision", "backup_path", "backup_verified")

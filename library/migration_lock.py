@@ -130,8 +130,8 @@ import getpass
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pgmigrate import (connect, connection_argument_spec, ensure_ops_schema,
-                                            ops_schema_exists, sql)
+
+from ansible.module_utils.pgmigrate import connect, connection_argument_spec, ensure_ops_schema, ops_schema_exists, sql
 from ansible.module_utils.pgmigrate_owner import find_owner_pid, hostname, pid_alive, process_start
 
 ADVISORY_KEY = "pgmigrate-ops:ledger"

@@ -63,6 +63,7 @@ import os
 import re
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible.module_utils.pgmigrate_plan import VERSION_RE, validate_plan
 
 try:

@@ -74,6 +74,7 @@ import os
 import shutil
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible.module_utils.pgmigrate import connect, connection_argument_spec, resolve_table, sql
 
 SETTINGS = ("server_version", "lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout",
@@ -93,8 +94,8 @@ def table_facts(cur, name: str) -> dict:
     found = resolve_table(cur, name)
     if not found:
         return {"name": name, "exists": False}
-    cur.execute("SELECT greatest(c.reltuples, 0)::bigint, pg_total_relation_size(c.oid) FROM pg_class c WHERE c.oid = %s",
-                (found["oid"],))
+    cur.execute("SELECT greatest(c.reltuples, 0)::bigint, pg_total_relation_size(c.oid) "
+                "FROM pg_class c WHERE c.oid = %s", (found["oid"],))
     rows, size = cur.fetchone()
     return {"name": f"{found['schema']}.{found['table']}", "exists": True, "rows_estimate": rows,
             "total_bytes": size, "total": pretty(size)}

@@ -164,12 +164,13 @@ def write_vars(tmp_path: Path, variables: dict) -> Path:
 def run_playbook(playbook: str | Path, tmp_path: Path, extra_vars: dict | None = None,
                  *args: str, inventory: str | Path | None = None, env: dict | None = None,
                  timeout: int = 900) -> PlaybookResult:
-    cmd = [str(VENV_BIN / "ansible-playbook"), str(ROOT / playbook) if not Path(playbook).is_absolute() else str(playbook),
-           "-i", str(inventory or ROOT / "inventories" / "local")]
+    path = Path(playbook) if Path(playbook).is_absolute() else ROOT / playbook
+    cmd = [str(VENV_BIN / "ansible-playbook"), str(path), "-i", str(inventory or ROOT / "inventories" / "local")]
     if extra_vars:
         cmd += ["-e", "@" + str(write_vars(tmp_path, extra_vars))]
     cmd += list(args)
-    proc = subprocess.run(cmd, cwd=ROOT, env=ansible_env(env), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, check=False, cwd=ROOT, env=ansible_env(env), capture_output=True, text=True,
+                          timeout=timeout)
     return PlaybookResult(proc.returncode, proc.stdout, proc.stderr)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 
 from conftest import conn_args, run_module
 
@@ -49,7 +50,7 @@ def test_live_lock_is_refused_and_stale_lock_breakable(pg, tmp_path):
     # Pretend the owner is a live process on this host: point the lock at a sleeping process.
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
-        start = open(f"/proc/{sleeper.pid}/stat").read().rsplit(")", 1)[1].split()[19]
+        start = Path(f"/proc/{sleeper.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
         conn = pg.connect(db)
         with conn.cursor() as cur:
             cur.execute("UPDATE migration_ops.lock SET control_pid = %s, control_pid_start = %s",

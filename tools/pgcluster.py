@@ -26,7 +26,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 PG_MAJOR = "15"
@@ -98,7 +97,7 @@ class Cluster:
         res = subprocess.run(
             ["runuser", "-u", self.os_user, "--", str(self.bindir / "pg_ctl"), "status", "-D", str(self.data)]
             if os.geteuid() == 0 else [str(self.bindir / "pg_ctl"), "status", "-D", str(self.data)],
-            capture_output=True, text=True,
+            capture_output=True, text=True, check=False,
         )
         return res.returncode == 0
 
