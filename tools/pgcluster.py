@@ -108,6 +108,11 @@ class Cluster:
         for d in (self.base, self.run):
             d.mkdir(parents=True, exist_ok=True)
             self._chown(d)
+        if os.geteuid() == 0:
+            reach = subprocess.run(["runuser", "-u", self.os_user, "--", "test", "-w", str(self.base)], check=False)
+            if reach.returncode != 0:
+                raise SystemExit(f"the {self.os_user} user cannot reach {self.base}: put the cluster in a "
+                                 "directory every user can traverse (not under /root)")
         os.chmod(self.base, 0o700)
         self._as_user([str(self.bindir / "initdb"), "-D", str(self.data), "-U", self.os_user,
                        "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
