@@ -75,6 +75,9 @@ class Cluster:
             return {}
 
     def _as_user(self, argv: list[str], **kw) -> subprocess.CompletedProcess:
+        # Superuser work goes through the Unix socket as the OS user: a caller's PGUSER,
+        # PGPASSWORD or PGDATABASE must not redirect it to another role.
+        kw.setdefault("env", {k: v for k, v in os.environ.items() if not k.startswith("PG")})
         if os.geteuid() == 0:
             argv = ["runuser", "-u", self.os_user, "--", *argv]
         return subprocess.run(argv, check=True, **kw)

@@ -1,0 +1,137 @@
+"""migrate.yml end to end on the reference database: real ansible-playbook, real PostgreSQL."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import ROOT, VENV_BIN, ansible_env, run_playbook, write_vars
+
+
+def flow_vars(pg, db: str, tmp_path: Path, **extra) -> dict:
+    state = tmp_path / "state"
+    return {**pg.conn_vars(db), "pgmigrate_state_dir": str(state), "pgmigrate_report_dir": str(tmp_path / "reports"),
+            "pgmigrate_db_sslmode": "disable", "version": "2.0.0", **extra}
+
+
+def snapshot(pg, db: str) -> dict:
+    """Catalog, data checksums and ledger of a database, to prove nothing changed."""
+    conn = pg.connect(db)
+    out = {}
+    with conn.cursor() as cur:
+        cur.execute("SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') ORDER BY 1, 2")
+        out["relations"] = cur.fetchall()
+        cur.execute("SELECT table_schema, table_name, column_name, data_type FROM information_schema.columns "
+                    "WHERE table_schema NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2, 3")
+        out["columns"] = cur.fetchall()
+        for table in ("teams", "matches", "predictions", "alembic_version"):
+            cur.execute(f"SELECT md5(string_agg(t::text, '|' ORDER BY t::text)) FROM {table} t")  # fixed names
+            out[table] = cur.fetchone()[0]
+        cur.execute("SELECT to_regclass('migration_ops.runs') IS NOT NULL")
+        if cur.fetchone()[0]:
+            cur.execute("SELECT md5(string_agg(r::text, '|' ORDER BY r.id)) FROM migration_ops.runs r")
+            out["runs"] = cur.fetchone()[0]
+            cur.execute("SELECT md5(coalesce(string_agg(l::text, '|'), '')) FROM migration_ops.lock l")
+            out["lock"] = cur.fetchone()[0]
+    conn.close()
+    return out
+
+
+def files_digest(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_unknown_version_fails_before_touching_the_database(pg, reference_db, tmp_path):
+    before = snapshot(pg, reference_db)
+    res = run_playbook("migrate.yml", tmp_path, flow_vars(pg, reference_db, tmp_path, version="9.9.9"))
+    assert res.rc != 0
+    assert "no migration plan for version 9.9.9" in res.output
+    assert "Plans exist for: 2.0.0" in res.output
+    assert snapshot(pg, reference_db) == before
+    assert "migration_ops" not in str(before)
+
+
+def test_malformed_plan_names_the_bad_field(pg, reference_db, tmp_path):
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    text = (ROOT / "migrations" / "2.0.0.yml").read_text()
+    (plans / "2.0.0.yml").write_text(text.replace("batch_size: 10000", "batch_size: lots")
+                                     .replace("strategy: blue_green", "strategy: big_bang"))
+    before = snapshot(pg, reference_db)
+    res = run_playbook("migrate.yml", tmp_path, flow_vars(pg, reference_db, tmp_path, pgmigrate_plan_dir=str(plans)))
+    assert res.rc != 0
+    assert "backfills[0].batch_size: expected int" in res.output
+    assert "release.strategy: 'big_bang' is not one of" in res.output
+    assert snapshot(pg, reference_db) == before
+
+    (plans / "2.0.0.yml").write_text("version: [unclosed\n")
+    res = run_playbook("migrate.yml", tmp_path, flow_vars(pg, reference_db, tmp_path, pgmigrate_plan_dir=str(plans)))
+    assert res.rc != 0 and "is not valid YAML" in res.output
+    assert snapshot(pg, reference_db) == before
+
+
+def test_check_mode_changes_nothing(pg, reference_db, tmp_path):
+    before = snapshot(pg, reference_db)
+    state = tmp_path / "state"
+    res = run_playbook("migrate.yml", tmp_path, flow_vars(pg, reference_db, tmp_path), "--check")
+    assert res.rc == 0, res.output[-3000:]
+    assert "would create schema migration_ops" in res.output
+    assert "Check mode: no run was opened" in res.output
+    assert snapshot(pg, reference_db) == before
+    assert files_digest(state) == {}
+    assert not (tmp_path / "reports").exists()
+
+
+def test_second_run_is_refused_while_the_first_holds_the_lock(pg, reference_db, tmp_path):
+    variables = flow_vars(pg, reference_db, tmp_path, hold_ready_file=str(tmp_path / "ready"),
+                          hold_release_file=str(tmp_path / "release"))
+    holder = subprocess.Popen(
+        [str(VENV_BIN / "ansible-playbook"), str(ROOT / "tests/playbooks/hold_lock.yml"),
+         "-i", str(ROOT / "inventories/local"), "-e", "@" + str(write_vars(tmp_path, variables))],
+        cwd=ROOT, env=ansible_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(600):
+            if (tmp_path / "ready").exists() or holder.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert (tmp_path / "ready").exists(), holder.stdout.read() if holder.poll() is not None else "holder stuck"
+        second = run_playbook("migrate.yml", tmp_path, flow_vars(pg, reference_db, tmp_path))
+        assert second.rc != 0
+        assert "is locked by run #1" in second.output and "a second migration is refused" in second.output
+        # Even break_lock does not take a live run's lock.
+        forced = run_playbook("migrate.yml", tmp_path, flow_vars(pg, reference_db, tmp_path, break_lock=True))
+        assert forced.rc != 0 and "is locked by run #1" in forced.output
+    finally:
+        (tmp_path / "release").touch()
+        out, _ = holder.communicate(timeout=120)
+    assert holder.returncode == 0, out[-3000:]
+    conn = pg.connect(reference_db)
+    with conn.cursor() as cur:
+        cur.execute("SELECT id, status FROM migration_ops.runs ORDER BY id")
+        assert cur.fetchall() == [(1, "succeeded")]
+        cur.execute("SELECT count(*) FROM migration_ops.lock")
+        assert cur.fetchone()[0] == 0
+    conn.close()
+
+
+def test_full_run_records_success_and_reruns_safely(pg, reference_db, tmp_path):
+    first = run_playbook("migrate.yml", tmp_path, flow_vars(pg, reference_db, tmp_path))
+    assert first.rc == 0, first.output[-4000:]
+    second = run_playbook("migrate.yml", tmp_path, flow_vars(pg, reference_db, tmp_path))
+    assert second.rc == 0, second.output[-4000:]
+    conn = pg.connect(reference_db)
+    with conn.cursor() as cur:
+        cur.execute("SELECT status, finished_at IS NOT NULL, phases ? 'report' FROM migration_ops.runs ORDER BY id")
+        assert cur.fetchall() == [("succeeded", True, True), ("succeeded", True, True)]
+        cur.execute("SELECT count(*) FROM migration_ops.lock")
+        assert cur.fetchone()[0] == 0
+        cur.execute("SELECT count(*) FROM predictions")
+        assert cur.fetchone()[0] == 3000
+    conn.close()
+    shutil.rmtree(tmp_path / "state", ignore_errors=True)
