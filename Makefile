@@ -28,6 +28,7 @@ bootstrap:  ## Install the control node's venv (Python >= 3.12) and PostgreSQL i
 up: bootstrap  ## Start the embedded default: PostgreSQL on 127.0.0.1:$(PG_PORT), the 1.0.0 reference database
 	@$(BIN)/python tools/pgcluster.py start --dir $(PG_DIR) --port $(PG_PORT) --db $(DB_NAME) --owner $(DB_OWNER)
 	@bash scripts/reference-db.sh $(PG_PORT) $(DB_NAME) $(DB_OWNER) $(PREDICTIONS)
+	@bash scripts/services.sh start
 
 demo: up  ## Run the whole runbook on the embedded default: migrate.yml -e version=$(VERSION)
 	$(BIN)/ansible-playbook migrate.yml -e version=$(VERSION)
