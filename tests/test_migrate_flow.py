@@ -21,7 +21,8 @@ def snapshot(pg, db: str) -> dict:
     conn = pg.connect(db)
     out = {}
     with conn.cursor() as cur:
-        cur.execute("SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        cur.execute("SELECT n.nspname, c.relname, c.relkind FROM pg_class c "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
                     "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') ORDER BY 1, 2")
         out["relations"] = cur.fetchall()
         cur.execute("SELECT table_schema, table_name, column_name, data_type FROM information_schema.columns "
