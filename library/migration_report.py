@@ -1,0 +1,454 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, pgmigrate-ops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+---
+module: migration_report
+short_description: Write the migration's validation report, Markdown report, chart, history line and data model
+description:
+  - Reads the run from the run ledger and the live catalog (read-only) and writes, under O(report_dir)/<version>/,
+    C(migration_validation_<YYYYMMDD>.txt) and C(.json) (runbook 4), C(migration_report_<YYYYMMDD>.md) filled with
+    measured facts (records migrated, errors met and resolved, downtime, durations per phase, backup used,
+    revisions, contacts; runbook 7.1.2) and C(migration_report_<YYYYMMDD>.svg), a chart of the backfill's rows/s
+    and batch duration over time and of the API latency before and after.
+  - Appends the run's line to O(docs_dir)/MIGRATION_HISTORY.md (once per run; a second report of the same run
+    replaces its line) and regenerates O(docs_dir)/DATA_MODEL.md from the live catalog (runbook 7.1.1).
+  - Files whose content would not change are not written (C(changed) is truthful).
+version_added: "1.0.0"
+author: pgmigrate-ops contributors
+extends_documentation_fragment:
+  - pgmigrate
+attributes:
+  check_mode:
+    support: full
+    details: Builds every file and reports which would change; writes nothing.
+  diff_mode:
+    support: none
+options:
+  run_id:
+    description: The run to report on (from M(migration_lock)). Unset in check mode.
+    type: int
+  version:
+    description: Version of the plan.
+    type: str
+    required: true
+  plan:
+    description: The migration plan (title, from_version, contacts, backfills, downtime, schema revisions).
+    type: dict
+    required: true
+  environment:
+    description: Environment name (the inventory's).
+    type: str
+    default: default
+  outcome:
+    description: How the run ends (the report phase closes it with this status).
+    type: str
+    choices: [succeeded, failed]
+    default: succeeded
+  validation:
+    description:
+      - The validate phase's result (checks, summary, performance). Unset means the one recorded in the ledger
+        (the validate phase's C(validation) fact).
+    type: dict
+  report_dir:
+    description: Directory of the reports; the files go to a subdirectory named after O(version).
+    type: path
+    required: true
+  docs_dir:
+    description: Directory of C(MIGRATION_HISTORY.md) and C(DATA_MODEL.md). Unset means neither is written.
+    type: path
+  log_dir:
+    description: Directory of the backfill's progress files (C(backfill-<name>.jsonl)) for the chart.
+    type: path
+  date:
+    description: Date in the file names, C(YYYYMMDD). Unset means today (UTC).
+    type: str
+  data_model:
+    description: Regenerate C(DATA_MODEL.md) from the live catalog.
+    type: bool
+    default: true
+'''
+
+EXAMPLES = r'''
+- name: Write the report and the history
+  migration_report:
+    run_id: "{{ pgmigrate_run_id }}"
+    version: "{{ pgmigrate_version }}"
+    plan: "{{ pgmigrate_plan }}"
+    environment: "{{ pgmigrate_environment }}"
+    report_dir: "{{ pgmigrate_report_dir }}"
+    docs_dir: "{{ pgmigrate_project_dir }}/docs"
+    log_dir: "{{ pgmigrate_log_dir }}"
+  register: __report_written
+'''
+
+RETURN = r'''
+files:
+  description: Paths of the files, by kind (validation_txt, validation_json, report_md, chart_svg, history, data_model).
+  returned: always
+  type: dict
+written:
+  description: Paths of the files that were (or in check mode would be) written because their content changed.
+  returned: always
+  type: list
+  elements: str
+summary:
+  description:
+    - The report's measured facts, for notifications and later tasks (records_migrated, errors, downtime,
+      duration_s, phases, backup, revisions, validation, performance).
+  returned: always
+  type: dict
+'''
+
+import datetime
+import json
+import os
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.pgmigrate_report import chart_svg, read_progress
+from ansible.module_utils.pgmigrate_validate import describe_catalog
+
+from ansible.module_utils.pgmigrate import connect, connection_argument_spec, ops_schema_exists, sql
+
+HISTORY_HEADER = ("# Migration history\n\nOne line per migration run, appended by the report phase "
+                  "(`roles/report`). Newest last.\n\n"
+                  "| date (UTC) | environment | database | version | run | outcome | duration | records migrated | "
+                  "validation | report |\n|---|---|---|---|---|---|---|---|---|---|\n")
+
+
+def read_run(cur, schema: str, run_id: int | None) -> dict:
+    if not run_id or not ops_schema_exists(cur, schema):
+        return {}
+    cols = ["id", "kind", "version", "from_version", "from_revision", "to_revision", "status", "started_at",
+            "finished_at", "operator", "control_host", "backup_path", "backup_verified", "phases", "error"]
+    cur.execute(sql.SQL("SELECT {}, extract(epoch FROM clock_timestamp() - started_at) FROM {}.runs "
+                        "WHERE id = %s").format(sql.SQL(", ").join(map(sql.Identifier, cols)),
+                                                sql.Identifier(schema)), (run_id,))
+    row = cur.fetchone()
+    if row is None:
+        return {}
+    run = dict(zip(cols, row[:-1]))
+    run["elapsed_s"] = round(float(row[-1]), 1)
+    for key in ("started_at", "finished_at"):
+        run[key] = run[key].isoformat() if run[key] else None
+    run["phases"] = run["phases"] or {}
+    return run
+
+
+def live_revision(cur) -> str | None:
+    cur.execute("SELECT to_regclass('alembic_version') IS NOT NULL")
+    if not cur.fetchone()[0]:
+        return None
+    cur.execute("SELECT string_agg(version_num, ',' ORDER BY version_num) FROM alembic_version")
+    return cur.fetchone()[0]
+
+
+def facts_of(run: dict, phase: str) -> dict:
+    info = run.get("phases", {}).get(phase)
+    return info.get("facts", {}) if isinstance(info, dict) else {}
+
+
+def backfill_figures(run: dict, progress: dict) -> list[dict]:
+    figures = []
+    for name, records in sorted(progress.items()):
+        last = records[-1]
+        rates = [float(r["rate"]) for r in records if isinstance(r.get("rate"), (int, float))]
+        figures.append({"name": name, "rows_done": last.get("rows_done"), "rows_total": last.get("rows_total"),
+                        "batches": last.get("batches", len(records)), "retries": last.get("retries", 0) or 0,
+                        "holds": last.get("holds", 0) or 0,
+                        "mean_rate": round(sum(rates) / len(rates), 1) if rates else None,
+                        "source": "progress file"})
+    data = facts_of(run, "data").get("backfills")
+    if isinstance(data, dict):
+        data = [dict(v, name=k) for k, v in data.items() if isinstance(v, dict)]
+    known = {f["name"] for f in figures}
+    for item in data if isinstance(data, list) else []:
+        if isinstance(item, dict) and item.get("name") not in known:
+            figures.append({"name": item.get("name"), "rows_done": item.get("rows_updated", item.get("rows_done")),
+                            "rows_total": item.get("rows_total"), "batches": item.get("batches"),
+                            "retries": item.get("retries", 0) or 0, "holds": item.get("holds", 0) or 0,
+                            "mean_rate": item.get("rows_per_second"), "source": "ledger"})
+    return figures
+
+
+def summarise(p: dict, run: dict, validation: dict, progress: dict, revision: str | None) -> dict:
+    plan = p["plan"]
+    checks = validation.get("checks") or []
+    migrated_checks = [c for c in checks
+                       if c.get("kind") == "migrated_percentage" and c.get("rows_migrated") is not None]
+    backfills = backfill_figures(run, progress)
+    if backfills and all(b.get("rows_done") is not None for b in backfills):
+        records = sum(int(b["rows_done"]) for b in backfills)
+        records_source = "backfill progress"
+    elif migrated_checks:
+        by_table: dict[str, int] = {}
+        for c in migrated_checks:
+            by_table[c.get("table", "?")] = max(by_table.get(c.get("table", "?"), 0), int(c["rows_migrated"]))
+        records = sum(by_table.values())
+        records_source = "counted by the validation checks"
+    else:
+        records, records_source = None, "not measured"
+    phases = run.get("phases", {})
+    failed_phases = [n for n, i in phases.items() if isinstance(i, dict) and i.get("status") == "failed"]
+    retries = sum(int(b.get("retries") or 0) for b in backfills)
+    warnings = [c["name"] for c in checks if c.get("severity") == "warning" and c.get("status") in ("failed", "error")]
+    errors = []
+    if retries:
+        errors.append(f"{retries} backfill batch retries, resolved (the backfills finished)")
+    for name in failed_phases:
+        errors.append(f"phase {name} failed: {facts_of(run, name).get('error', 'see the ledger')}")
+    if run.get("error"):
+        errors.append(f"ledger: {run['error']}")
+    for name in warnings:
+        errors.append(f"validation warning: {name}")
+    deploy = facts_of(run, "deploy")
+    if deploy.get("downtime_s") is not None:
+        downtime = f"{deploy['downtime_s']} s measured during the switch"
+    else:
+        downtime = (f"not measured by this run (no deploy phase figures); the plan expects: "
+                    f"{plan.get('downtime', {}).get('expected', '?')}")
+    backup = facts_of(run, "backup")
+    summary = validation.get("summary") or {}
+    return {
+        "run_id": run.get("id") or p["run_id"], "version": p["version"], "from_version": plan.get("from_version"),
+        "title": plan.get("title"), "environment": p["environment"], "outcome": p["outcome"],
+        "operator": run.get("operator"), "started_at": run.get("started_at"), "duration_s": run.get("elapsed_s"),
+        "records_migrated": records, "records_source": records_source, "backfills": backfills,
+        "errors": errors, "downtime": downtime,
+        "phases": {n: {"status": i.get("status"), "duration_s": i.get("duration_s")}
+                   for n, i in phases.items() if isinstance(i, dict)},
+        "backup": {"path": run.get("backup_path") or backup.get("path") or backup.get("backup_path"),
+                   "verified": run.get("backup_verified") if run.get("backup_verified") is not None
+                   else backup.get("verified")},
+        "revisions": {"from": run.get("from_revision") or plan.get("schema", {}).get("from_revision"),
+                      "to": run.get("to_revision") or plan.get("schema", {}).get("revision"), "live": revision},
+        "validation": {"passed": validation.get("passed"), "total": summary.get("total", len(checks)),
+                       "passed_checks": summary.get("passed"), "failed": summary.get("failed"),
+                       "error": summary.get("error"), "skipped": summary.get("skipped"),
+                       "warnings": summary.get("warnings")},
+        "performance": validation.get("performance") or {},
+        "contacts": plan.get("contacts") or [],
+    }
+
+
+def validation_text(s: dict, validation: dict, generated: str) -> str:
+    lines = [f"Migration validation report: {s['title']} ({s['from_version']} -> {s['version']})",
+             f"Run #{s['run_id']}, environment {s['environment']}, generated {generated}",
+             f"Verdict: {'PASSED' if validation.get('passed') else 'FAILED'} "
+             f"({s['validation']['passed_checks']} of {s['validation']['total']} checks passed)", ""]
+    for c in validation.get("checks") or []:
+        flag = c.get("status", "?").upper() + (" (warning)" if c.get("severity") == "warning" else "")
+        lines.append(f"[{flag:<18}] {c.get('name')} ({c.get('kind')}): {c.get('message', '')}")
+        if c.get("sample_keys"):
+            lines.append(f"{'':21}sample keys: {c['sample_keys']}")
+    perf = s.get("performance") or {}
+    if perf.get("p95_ms") is not None:
+        lines += ["", f"Performance: {perf.get('message') or ''}"]
+    for note in validation.get("notes") or []:
+        lines.append(f"Note: {note}")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value, suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:,}{suffix}" if isinstance(value, int) else f"{value:,.1f}{suffix}"
+    return f"{value}{suffix}"
+
+
+def report_markdown(s: dict, validation: dict, files: dict, generated: str) -> str:
+    out = [f"# Migration report: {s['title']}", "",
+           f"**{s['from_version']} → {s['version']}**, run #{s['run_id']} in `{s['environment']}`, "
+           f"operator {s.get('operator') or '-'}, started {s.get('started_at') or '-'}; generated {generated}.", "",
+           "## Summary", "",
+           f"- Outcome: **{s['outcome']}**; validation "
+           f"{'passed' if validation.get('passed') else 'did NOT pass'} "
+           f"({_fmt(s['validation']['passed_checks'])} of {_fmt(s['validation']['total'])} checks)",
+           f"- Records migrated: **{_fmt(s['records_migrated'])}** ({s['records_source']})",
+           f"- Total duration so far: {_fmt(s['duration_s'], ' s')}",
+           f"- Downtime: {s['downtime']}",
+           f"- Errors met and resolved: {'; '.join(s['errors']) if s['errors'] else 'none'}",
+           "", "## Phases", "", "| phase | status | duration |", "|---|---|---|"]
+    for name, info in s["phases"].items():
+        out.append(f"| {name} | {info.get('status')} | {_fmt(info.get('duration_s'), ' s')} |")
+    backup = s["backup"]
+    rev = s["revisions"]
+    out += ["", "## Backup and revisions", "",
+            f"- Backup used: {('`' + backup['path'] + '`') if backup.get('path') else 'none recorded'}"
+            f" (verified by a restore: {_fmt(backup.get('verified'))})",
+            f"- Alembic revision: {rev.get('from') or '-'} → {rev.get('to') or '-'} "
+            f"(live now: {rev.get('live') or '-'})",
+            "", "## Data migration", ""]
+    if s["backfills"]:
+        out += ["| backfill | rows done | rows total | batches | retries | holds | mean rows/s |",
+                "|---|---|---|---|---|---|---|"]
+        for b in s["backfills"]:
+            out.append(f"| {b['name']} | {_fmt(b.get('rows_done'))} | {_fmt(b.get('rows_total'))} | "
+                       f"{_fmt(b.get('batches'))} | {_fmt(b.get('retries'))} | {_fmt(b.get('holds'))} | "
+                       f"{_fmt(b.get('mean_rate'))} |")
+    else:
+        out.append("No backfill progress was recorded for this run.")
+    out += ["", "## Validation", "", "| check | kind | status | finding |", "|---|---|---|---|"]
+    for c in validation.get("checks") or []:
+        status = c.get("status") + (" (warning)" if c.get("severity") == "warning" else "")
+        out.append(f"| {c.get('name')} | {c.get('kind')} | {status} | {str(c.get('message', '')).replace('|', '/')} |")
+    for note in validation.get("notes") or []:
+        out.append(f"\n> {note}")
+    perf = s["performance"]
+    out += ["", "## Performance (bounded load on the API)", ""]
+    if perf.get("p95_ms") is not None:
+        before = perf.get("before") or {}
+        out += ["| | p50 ms | p95 ms | p99 ms | requests | errors |", "|---|---|---|---|---|---|",
+                f"| before | {_fmt(before.get('p50_ms'))} | {_fmt(before.get('p95_ms'))} | "
+                f"{_fmt(before.get('p99_ms'))} | {_fmt(before.get('requests'))} | {_fmt(before.get('errors'))} |",
+                f"| after | {_fmt(perf.get('p50_ms'))} | {_fmt(perf.get('p95_ms'))} | {_fmt(perf.get('p99_ms'))} | "
+                f"{_fmt(perf.get('requests'))} | {_fmt(perf.get('errors'))} |", "",
+                f"{perf.get('message', '')}"]
+    else:
+        out.append(perf.get("message") or "Not measured (no application URL configured).")
+    chart = os.path.basename(files["chart_svg"])
+    out += ["", "## Chart", "", f"![backfill rate, batch duration and API latency]({chart})",
+            "", "## Contacts (runbook 8)", ""]
+    for c in s["contacts"]:
+        reach = ", ".join(x for x in (c.get("email"), c.get("phone"), c.get("slack")) if x)
+        out.append(f"- {c.get('role')}: {c.get('name')}{(' (' + reach + ')') if reach else ''}")
+    if not s["contacts"]:
+        out.append("- The plan names no contacts.")
+    out += ["", "## Files", "", f"- Validation: `{os.path.basename(files['validation_txt'])}`, "
+            f"`{os.path.basename(files['validation_json'])}`"]
+    return "\n".join(out) + "\n"
+
+
+def data_model_markdown(tables: list[dict], dbname: str, revision: str | None) -> str:
+    out = ["# Data model", "",
+           f"Generated by the report phase from the live catalog of `{dbname}` at Alembic revision "
+           f"`{revision or 'none'}`. Do not edit by hand: the next migration's report rewrites it.", ""]
+    for t in tables:
+        out += [f"## {t['schema']}.{t['name']}", ""]
+        if t.get("comment"):
+            out += [t["comment"], ""]
+        out += ["| column | type | null | default |", "|---|---|---|---|"]
+        for c in t["columns"]:
+            out.append(f"| {c['name']} | {c['type']} | {'yes' if c['nullable'] else 'no'} | "
+                       f"{(c['default'] or '').replace('|', '/')} |")
+        if t["indexes"]:
+            out += ["", "Indexes:", ""] + [f"- `{i['name']}`: `{i['definition']}`" for i in t["indexes"]]
+        if t["constraints"]:
+            out += ["", "Constraints:", ""] + [f"- `{c['name']}` ({c['type']}): `{c['definition']}`"
+                                                 for c in t["constraints"]]
+        out.append("")
+    return "\n".join(out)
+
+
+def history_text(existing: str | None, s: dict, dbname: str, report_md: str, docs_dir: str) -> str:
+    text = existing if existing else HISTORY_HEADER
+    key = f"| {s['environment']} | {dbname} | {s['version']} | #{s['run_id']} |"
+    link = os.path.relpath(report_md, docs_dir)
+    val = s["validation"]
+    line = (f"| {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d')} {key} {s['outcome']} | "
+            f"{_fmt(s['duration_s'], ' s')} | {_fmt(s['records_migrated'])} | "
+            f"{_fmt(val.get('passed_checks'))}/{_fmt(val.get('total'))} passed | [report]({link}) |")
+    lines = text.rstrip("\n").split("\n")
+    kept = [entry for entry in lines if key not in entry]
+    return "\n".join(kept + [line]) + "\n"
+
+
+def write_if_changed(module, path: str, content: str, written: list[str], mode: int = 0o644) -> None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            if fh.read() == content:
+                return
+    except OSError:
+        pass
+    written.append(path)
+    if module.check_mode:
+        return
+    directory = os.path.dirname(path)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(content)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except OSError as exc:
+        module.fail_json(msg=f"cannot write {path}: {exc}; check report_dir / docs_dir and their permissions")
+
+
+def main() -> None:
+    argument_spec = connection_argument_spec()
+    argument_spec.update(
+        run_id=dict(type="int"),
+        version=dict(type="str", required=True),
+        plan=dict(type="dict", required=True),
+        environment=dict(type="str", default="default"),
+        outcome=dict(type="str", default="succeeded", choices=["succeeded", "failed"]),
+        validation=dict(type="dict"),
+        report_dir=dict(type="path", required=True),
+        docs_dir=dict(type="path"),
+        log_dir=dict(type="path"),
+        date=dict(type="str"),
+        data_model=dict(type="bool", default=True),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    p = module.params
+    date = p["date"] or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d")
+    if len(date) != 8 or not date.isdigit():
+        module.fail_json(msg=f"date must be YYYYMMDD, got {date!r}")
+    conn = connect(module)
+    conn.set_session(readonly=True)
+    try:
+        with conn.cursor() as cur:
+            run = read_run(cur, p["ops_schema"], p["run_id"])
+            revision = live_revision(cur)
+            tables = describe_catalog(cur, [p["ops_schema"]]) if p["docs_dir"] and p["data_model"] else []
+            cur.execute("SELECT current_database()")
+            dbname = cur.fetchone()[0]
+    except Exception as exc:
+        module.fail_json(msg=f"migration_report could not read the ledger or the catalog: {str(exc).strip()}")
+    finally:
+        conn.rollback()
+        conn.close()
+    if p["run_id"] and not run:
+        module.fail_json(msg=f"run #{p['run_id']} is not in the ledger ({p['ops_schema']}.runs); check report_run_id")
+    validation = p["validation"] or facts_of(run, "validate").get("validation") or {}
+    progress = read_progress(p["log_dir"]) if p["log_dir"] else {}
+    summary = summarise(p, run, validation, progress, revision)
+    generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    base = os.path.join(p["report_dir"], p["version"])
+    files = {"validation_txt": os.path.join(base, f"migration_validation_{date}.txt"),
+             "validation_json": os.path.join(base, f"migration_validation_{date}.json"),
+             "report_md": os.path.join(base, f"migration_report_{date}.md"),
+             "chart_svg": os.path.join(base, f"migration_report_{date}.svg")}
+    written: list[str] = []
+    write_if_changed(module, files["validation_txt"], validation_text(summary, validation, generated), written)
+    document = {"generated_at": generated, "database": dbname, "summary": summary, "validation": validation}
+    as_json = json.dumps(document, indent=2, sort_keys=True, default=str) + "\n"
+    write_if_changed(module, files["validation_json"], as_json, written)
+    write_if_changed(module, files["chart_svg"], chart_svg(progress, summary["performance"],
+                                                           f"Migration {p['version']}, run #{summary['run_id']}"),
+                     written)
+    write_if_changed(module, files["report_md"], report_markdown(summary, validation, files, generated), written)
+    if p["docs_dir"]:
+        files["history"] = os.path.join(p["docs_dir"], "MIGRATION_HISTORY.md")
+        try:
+            with open(files["history"], encoding="utf-8") as fh:
+                existing = fh.read()
+        except OSError:
+            existing = None
+        write_if_changed(module, files["history"],
+                         history_text(existing, summary, dbname, files["report_md"], p["docs_dir"]), written)
+        if p["data_model"]:
+            files["data_model"] = os.path.join(p["docs_dir"], "DATA_MODEL.md")
+            write_if_changed(module, files["data_model"], data_model_markdown(tables, dbname, revision), written)
+    module.exit_json(changed=bool(written), files=files, written=written, summary=summary,
+                     msg=f"report for run #{summary['run_id']}: {len(written)} files written under {base}")
+
+
+if __name__ == "__main__":
+    main()
