@@ -1,0 +1,85 @@
+"""migration_plan, pg_preflight and migration_ledger against a real PostgreSQL."""
+from __future__ import annotations
+
+import yaml
+from conftest import ROOT, conn_args, run_module
+
+
+def test_plan_loads_and_rejects_bad_versions(tmp_path):
+    ok = run_module("migration_plan", {"version": "2.0.0", "plan_dir": str(ROOT / "migrations")}, tmp_path)
+    assert ok["changed"] is False and ok["plan"]["schema"]["revision"] == "v2_0_0"
+    assert "2.0.0" in ok["available_versions"]
+    bad = run_module("migration_plan", {"version": "2.0; rm -rf /", "plan_dir": str(ROOT / "migrations")}, tmp_path)
+    assert bad.get("failed") and "is not a version number like 2.0.0" in bad["msg"]
+
+
+def test_plan_reports_every_problem_with_its_path(tmp_path):
+    plan = yaml.safe_load((ROOT / "migrations/2.0.0.yml").read_text())
+    plan["version"] = "2.0.1"
+    plan["backfills"][0].pop("set")
+    plan["validation"]["checks"][0]["kind"] = "vibes"
+    plan["rollback"]["polcy"] = "manual"
+    (tmp_path / "2.0.0.yml").write_text(yaml.safe_dump(plan))
+    res = run_module("migration_plan", {"version": "2.0.0", "plan_dir": str(tmp_path)}, tmp_path)
+    assert res.get("failed")
+    errors = "\n".join(res["errors"])
+    assert "validation.checks[0].kind: 'vibes' is not one of" in errors
+    assert "rollback.polcy: unknown field (did you mean 'policy'?)" in errors
+    # Structural errors come first; semantic checks run once the structure is right.
+    plan["validation"]["checks"][0]["kind"] = "row_count"
+    del plan["rollback"]["polcy"]
+    (tmp_path / "2.0.0.yml").write_text(yaml.safe_dump(plan))
+    res = run_module("migration_plan", {"version": "2.0.0", "plan_dir": str(tmp_path)}, tmp_path)
+    errors = "\n".join(res["errors"])
+    assert "version: the file says '2.0.1' but it was loaded for '2.0.0'" in errors
+    assert "give exactly one of 'set'" in errors
+
+
+def test_preflight_estimates_without_writing(pg, reference_db, tmp_path):
+    plan = yaml.safe_load((ROOT / "migrations/2.0.0.yml").read_text())
+    res = run_module("pg_preflight", {**conn_args(pg, reference_db), "plan": plan,
+                                      "backup_dir": str(tmp_path / "not-yet")}, tmp_path)
+    assert res["changed"] is False
+    assert res["database"]["alembic_revision"] == "v1_0_0"
+    tables = {t["name"]: t for t in res["tables"]}
+    assert tables["public.predictions"]["rows_estimate"] == 3000
+    assert res["backfills"][0]["rows_estimate"] == 3000
+    assert "not plannable before the schema phase" in res["backfills"][0]["method"]
+    assert res["disk"]["enough"] is True and res["disk"]["measured_at"] == str(tmp_path)
+    assert not (tmp_path / "not-yet").exists()
+    # After the schema change the planner estimates the filter itself.
+    conn = pg.connect(reference_db)
+    with conn.cursor() as cur:
+        cur.execute("ALTER TABLE predictions ADD COLUMN model_accuracy float8, ADD COLUMN feature_importance jsonb")
+        cur.execute("ANALYZE predictions")
+    conn.close()
+    res = run_module("pg_preflight", {**conn_args(pg, reference_db), "plan": plan}, tmp_path)
+    assert res["backfills"][0]["method"] == "planner estimate of the where filter"
+    assert res["backfills"][0]["rows_estimate"] > 2000
+
+
+def test_ledger_records_phases_and_refuses_unknown_runs(pg, tmp_path):
+    db = pg.create_database()
+    args = conn_args(pg, db)
+    missing = run_module("migration_ledger", {**args, "run_id": 1, "phase": "backup", "phase_status": "started"},
+                         tmp_path)
+    assert missing.get("failed") and "open a run with migration_lock first" in missing["msg"]
+    run_id = run_module("migration_lock", {**args, "version": "2.0.0"}, tmp_path)["run_id"]
+    started = run_module("migration_ledger", {**args, "run_id": run_id, "phase": "backup",
+                                              "phase_status": "started"}, tmp_path)
+    assert started["changed"] and started["run"]["phases"]["backup"]["status"] == "started"
+    check = run_module("migration_ledger", {**args, "run_id": run_id, "phase": "backup", "phase_status": "succeeded",
+                                            "fields": {"backup_path": "/b/x.dump", "backup_verified": True}},
+                       tmp_path, check=True)
+    assert check["changed"] and "run" not in check
+    done = run_module("migration_ledger", {**args, "run_id": run_id, "phase": "backup", "phase_status": "succeeded",
+                                           "facts": {"size_bytes": 42},
+                                           "fields": {"backup_path": "/b/x.dump", "backup_verified": True}}, tmp_path)
+    run = done["run"]
+    assert run["backup_path"] == "/b/x.dump" and run["backup_verified"] is True
+    assert run["phases"]["backup"]["status"] == "succeeded" and run["phases"]["backup"]["duration_s"] >= 0
+    assert run["phases"]["backup"]["facts"] == {"size_bytes": 42}
+    unknown = run_module("migration_ledger", {**args, "run_id": run_id + 99, "status": "failed"}, tmp_path)
+    assert unknown.get("failed") and f"run #{run_id + 99} does not exist" in unknown["msg"]
+    history = run_module("migration_ledger", {**args, "state": "query", "version": "2.0.0"}, tmp_path)
+    assert [r["id"] for r in history["runs"]] == [run_id] and history["last_success"] is None
