@@ -1,0 +1,422 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, pgmigrate-ops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+---
+module: pg_backup
+short_description: Dump a database with a manifest taken from the same snapshot, check before, prune after
+description:
+  - O(state=present) takes a full logical backup with C(pg_dump) (custom format, or directory format with
+    parallel jobs) and writes a manifest beside it (C(<backup>.manifest.json)). The manifest holds the server
+    and C(pg_dump) versions, the Alembic revision, the exact row count and a content checksum of every table,
+    the size and the sha256 of the file(s), and the run id. Counts and checksums are taken inside the
+    C(REPEATABLE READ) transaction whose snapshot C(pg_dump --snapshot) dumps, so they describe exactly the
+    dumped data, while C(pg_dump) runs.
+  - The backup is written under a temporary name and renamed only when C(pg_dump) succeeded and the manifest is
+    written; on any failure nothing is left behind. Files are 0600 in a 0700 directory; names hold the
+    database, version, run id and UTC timestamp.
+  - Before dumping (and alone with O(state=preflight)) it checks connectivity, that C(pg_dump)'s major version is
+    at least the server's, and that the backup directory has the database size times O(disk_margin) free.
+  - When O(run_id) already has a verified backup of this database in O(backup_dir), O(state=present) reuses it
+    and reports no change (a rerun of the same run does not dump twice).
+  - O(state=pruned) keeps the newest O(retain) verified backups of the database and deletes older ones and
+    failed ones, but never a backup of a run that is still running in the ledger.
+  - The tool's own ledger schema (O(ops_schema)) is not part of the backup; a restore carries the live ledger over.
+  - The password goes to C(pg_dump) through C(PGPASSWORD), never through its arguments.
+version_added: "1.0.0"
+author: pgmigrate-ops contributors
+extends_documentation_fragment:
+  - pgmigrate
+attributes:
+  check_mode:
+    support: full
+    details: Runs the preflight checks and says what it would dump or delete; writes nothing.
+  diff_mode:
+    support: none
+options:
+  state:
+    description: V(present) dumps, V(preflight) only checks, V(pruned) applies the retention.
+    type: str
+    choices: [present, preflight, pruned]
+    default: present
+  backup_dir:
+    description: Directory of the backups (created 0700).
+    type: path
+    required: true
+  version:
+    description: Version the run migrates to (part of the file name and the manifest).
+    type: str
+    default: manual
+  run_id:
+    description: Ledger id of the run (part of the file name and the manifest).
+    type: int
+  format:
+    description: C(pg_dump) format. V(directory) dumps with O(jobs) parallel workers.
+    type: str
+    choices: [custom, directory]
+    default: custom
+  jobs:
+    description: Parallel C(pg_dump) workers with O(format=directory).
+    type: int
+    default: 2
+  compress:
+    description: C(pg_dump --compress) value; unset leaves C(pg_dump)'s default.
+    type: str
+  pg_dump_path:
+    description: The C(pg_dump) to use (a path or a name on C(PATH)).
+    type: str
+    default: pg_dump
+  disk_margin:
+    description: Free space needed in O(backup_dir), as a multiple of the database size.
+    type: float
+    default: 1.2
+  exclude_schemas:
+    description: Schemas left out of the backup besides O(ops_schema).
+    type: list
+    elements: str
+    default: []
+  lock_timeout:
+    description: How long to wait for the share locks that keep tables from being dropped during the dump.
+    type: str
+    default: 30s
+  retain:
+    description: With O(state=pruned), how many verified backups of the database to keep.
+    type: int
+    default: 5
+'''
+
+EXAMPLES = r'''
+- name: Check that a backup can be taken
+  pg_backup:
+    state: preflight
+    backup_dir: "{{ pgmigrate_backup_dir }}"
+
+- name: Dump the database with its manifest
+  pg_backup:
+    backup_dir: "{{ pgmigrate_backup_dir }}"
+    version: 2.0.0
+    run_id: "{{ pgmigrate_run_id }}"
+    format: custom
+  register: __backup_dump
+
+- name: Keep the five newest verified backups
+  pg_backup:
+    state: pruned
+    backup_dir: "{{ pgmigrate_backup_dir }}"
+    retain: 5
+'''
+
+RETURN = r'''
+backup_path:
+  description: Path of the backup file (custom) or directory (directory format); with check mode, the path it
+    would write.
+  returned: with state present
+  type: str
+  sample: /srv/backups/football_prediction-2.0.0-run42-20261125T101500Z.dump
+manifest_path:
+  description: Path of the manifest beside the backup.
+  returned: with state present
+  type: str
+manifest:
+  description: The manifest (versions, Alembic revision, tables with rows and checksum, size, sha256, run id).
+  returned: with state present, not in check mode
+  type: dict
+reused:
+  description: Whether an already verified backup of this run was reused instead of dumping again.
+  returned: with state present
+  type: bool
+preflight:
+  description: What was checked before dumping (server and pg_dump versions, database size, free space).
+  returned: with state present or preflight
+  type: dict
+  sample: {server: {version: "15.18", major: 15}, pg_dump: {version: "15.18", major: 15},
+           database_size_bytes: 8601600, free_bytes: 5000000000, needed_bytes: 10321920}
+duration_s:
+  description: Seconds the dump took (with the manifest).
+  returned: when a dump ran
+  type: float
+commands:
+  description: The commands that ran (argv lists; they never contain a password).
+  returned: always
+  type: list
+  elements: list
+kept:
+  description: With O(state=pruned), backups kept.
+  returned: with state pruned
+  type: list
+  elements: str
+deleted:
+  description: With O(state=pruned), backups deleted (or that would be, in check mode).
+  returned: with state pruned
+  type: list
+  elements: str
+'''
+
+import os
+import subprocess
+import tempfile
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible.module_utils.pgmigrate import connect, connection_argument_spec, libpq_env, ops_schema_exists, sql
+from ansible.module_utils.pgmigrate_backup import (
+    CHECKSUM_METHOD,
+    MANIFEST_FORMAT,
+    PARTIAL_SUFFIX,
+    BackupError,
+    alembic_revision,
+    backup_name,
+    ensure_private_dir,
+    existing_parent,
+    file_digests,
+    find_run_backups,
+    find_tool,
+    fingerprint_tables,
+    list_tables,
+    manifest_path,
+    remove_path,
+    server_version,
+    set_private_modes,
+    tail,
+    tool_version,
+    utc_now_iso,
+    utc_stamp,
+    write_manifest,
+)
+
+
+def pretty(num: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(num) < 1024 or unit == "TB":
+            return f"{num:.0f} {unit}" if unit == "B" else f"{num:.1f} {unit}"
+        num /= 1024
+    return f"{num} B"
+
+
+def preflight(module, conn, p: dict) -> dict:
+    """Versions, sizes and free space; fails the module with the fix when a backup cannot work."""
+    with conn.cursor() as cur:
+        server = server_version(cur)
+        cur.execute("SELECT pg_database_size(current_database())")
+        db_size = cur.fetchone()[0]
+    conn.rollback()
+    try:
+        dump = tool_version(p["pg_dump_path"])
+    except BackupError as exc:
+        module.fail_json(msg=str(exc))
+    if dump["major"] < server["major"]:
+        module.fail_json(msg=f"{dump['path']} is version {dump['version']} but the server is "
+                             f"{server['version']}: pg_dump must be at least the server's major version "
+                             f"({server['major']}). Install postgresql-client-{server['major']} or set "
+                             "pg_dump_path (backup_pg_dump_path) to a newer pg_dump.",
+                         preflight={"server": server, "pg_dump": dump})
+    measured_at = existing_parent(p["backup_dir"])
+    free = os.statvfs(measured_at)
+    free_bytes = free.f_bavail * free.f_frsize
+    needed = int(db_size * p["disk_margin"])
+    facts = {"server": server, "pg_dump": dump, "database_size_bytes": db_size, "database_size": pretty(db_size),
+             "backup_dir": p["backup_dir"], "measured_at": measured_at, "free_bytes": free_bytes,
+             "free": pretty(free_bytes), "needed_bytes": needed, "disk_margin": p["disk_margin"]}
+    if free_bytes < needed:
+        module.fail_json(msg=f"not enough free space for the backup: {p['backup_dir']} (on {measured_at}) has "
+                             f"{pretty(free_bytes)} free, the database is {pretty(db_size)} and the backup needs "
+                             f"{pretty(needed)} (database size x {p['disk_margin']}). Free space there or point "
+                             "pgmigrate_backup_dir at a larger disk. Nothing was written.", preflight=facts)
+    if os.path.exists(p["backup_dir"]) and not os.access(p["backup_dir"], os.W_OK | os.X_OK):
+        module.fail_json(msg=f"backup directory {p['backup_dir']} is not writable by this user; fix its "
+                             "ownership or choose another pgmigrate_backup_dir", preflight=facts)
+    return facts
+
+
+def reusable_backup(p: dict, database: str) -> dict | None:
+    """A verified backup this run already took (same database and run id), with its file present."""
+    if p["run_id"] is None or not os.path.isdir(p["backup_dir"]):
+        return None
+    for found in find_run_backups(p["backup_dir"], database):
+        m = found["manifest"]
+        if m.get("run_id") == p["run_id"] and m.get("verified") is True and os.path.exists(m.get("backup_path", "")):
+            return found
+    return None
+
+
+def dump(module, conn, p: dict, facts: dict, commands: list) -> dict:
+    database = p["login_db"]
+    stamp = utc_stamp()
+    final = os.path.join(p["backup_dir"], backup_name(database, p["version"], p["run_id"], stamp, p["format"]))
+    partial = final + PARTIAL_SUFFIX
+    mpath = manifest_path(final)
+    excluded = list(dict.fromkeys([p["ops_schema"]] + p["exclude_schemas"]))
+    ensure_private_dir(p["backup_dir"])
+    if any(os.path.lexists(x) for x in (final, partial, mpath)):
+        module.fail_json(msg=f"{final} (or its manifest) already exists; wait a second and rerun")
+    os.umask(0o077)
+    started = time.monotonic()
+    argv = [p["pg_dump_path"], "--no-password", f"--format={p['format']}", f"--file={partial}"]
+    if p["format"] == "directory":
+        argv.append(f"--jobs={p['jobs']}")
+    if p["compress"]:
+        argv.append(f"--compress={p['compress']}")
+    argv += [f"--exclude-schema={s}" for s in excluded]
+    proc = None
+    with tempfile.TemporaryFile(mode="w+") as stderr_file:
+        try:
+            conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_export_snapshot()")
+                snapshot = cur.fetchone()[0]
+                cur.execute("SELECT set_config('lock_timeout', %s, true)", (p["lock_timeout"],))
+                tables = list_tables(cur, excluded)
+                # Share locks for the whole dump: nobody drops or rewrites a table under it.
+                for schema, table in tables:
+                    cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(sql.Identifier(schema, table)))
+                revision = alembic_revision(cur)
+                cur.execute("SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database "
+                            "WHERE datname = current_database()")
+                db_settings = dict(zip(("encoding", "collate", "ctype"), cur.fetchone()))
+                argv.append(f"--snapshot={snapshot}")
+                commands.append(list(argv))
+                proc = subprocess.Popen(argv, env=libpq_env(module.params), stdout=subprocess.DEVNULL,
+                                        stderr=stderr_file)
+                # Counts and checksums in the same snapshot, while pg_dump works.
+                tables_fp = fingerprint_tables(cur, tables)
+                rc = proc.wait()
+                proc = None
+            conn.rollback()
+            if rc != 0:
+                stderr_file.seek(0)
+                raise BackupError(f"pg_dump failed (rc={rc}): {tail(stderr_file.read())}")
+            set_private_modes(partial)
+            os.rename(partial, final)
+            digests = file_digests(final)
+            if digests["size_bytes"] == 0:
+                raise BackupError("pg_dump exited 0 but wrote an empty file")
+            manifest = {
+                "manifest_format": MANIFEST_FORMAT, "database": database, "version": p["version"],
+                "run_id": p["run_id"], "created_at": utc_now_iso(), "backup_path": final, "format": p["format"],
+                "server": facts["server"], "pg_dump": {k: facts["pg_dump"][k] for k in ("version", "major")},
+                "alembic_revision": revision, "database_settings": db_settings, "snapshot": snapshot,
+                "excluded_schemas": excluded,
+                "checksum_method": CHECKSUM_METHOD, "tables": tables_fp, "size_bytes": digests["size_bytes"],
+                "sha256": digests["sha256"], "files": digests["files"], "verified": False, "verification": None,
+            }
+            write_manifest(mpath, manifest)
+        except BaseException as exc:
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+            conn.rollback()
+            for path in (partial, final, mpath):
+                remove_path(path)
+            if isinstance(exc, Exception):
+                module.fail_json(msg=f"backup of {database} failed: {exc}. Nothing was left in {p['backup_dir']}.",
+                                 commands=commands)
+            raise
+    return {"changed": True, "backup_path": final, "manifest_path": mpath, "manifest": manifest, "reused": False,
+            "duration_s": round(time.monotonic() - started, 3),
+            "msg": f"dumped {database} ({len(tables_fp)} tables, {pretty(manifest['size_bytes'])}) to {final}"}
+
+
+def run_status(module, p: dict, run_ids: set) -> dict:
+    """Ledger status of each run id; a run the ledger does not know counts as finished."""
+    if not run_ids:
+        return {}
+    conn = connect(module)
+    try:
+        with conn.cursor() as cur:
+            if not ops_schema_exists(cur, p["ops_schema"]):
+                return {}
+            cur.execute(sql.SQL("SELECT id, status FROM {}.runs WHERE id = ANY(%s)").format(
+                sql.Identifier(p["ops_schema"])), (sorted(run_ids),))
+            return dict(cur.fetchall())
+    finally:
+        conn.close()
+
+
+def prune(module, p: dict) -> dict:
+    database = p["login_db"]
+    if not os.path.isdir(p["backup_dir"]):
+        return {"changed": False, "kept": [], "deleted": [], "msg": f"{p['backup_dir']} does not exist"}
+    backups = find_run_backups(p["backup_dir"], database)
+    statuses = run_status(module, p, {b["manifest"].get("run_id") for b in backups} - {None})
+    kept, deleted, protected = [], [], []
+    verified_kept = 0
+    for b in backups:  # newest first
+        m = b["manifest"]
+        path = m.get("backup_path") or b["manifest_path"][: -len(".manifest.json")]
+        if statuses.get(m.get("run_id")) == "running":
+            protected.append(path)
+            kept.append(path)
+        elif m.get("verified") is True and verified_kept < p["retain"]:
+            verified_kept += 1
+            kept.append(path)
+        else:
+            deleted.append(path)
+            if not module.check_mode:
+                remove_path(path)
+                remove_path(b["manifest_path"])
+    verb = "would delete" if module.check_mode else "deleted"
+    return {"changed": bool(deleted), "kept": kept, "deleted": deleted, "protected_running": protected,
+            "msg": f"kept {len(kept)} backup(s) of {database} ({len(protected)} of running runs), "
+                   f"{verb} {len(deleted)}"}
+
+
+def main() -> None:
+    argument_spec = connection_argument_spec()
+    argument_spec.update(
+        state=dict(type="str", default="present", choices=["present", "preflight", "pruned"]),
+        backup_dir=dict(type="path", required=True),
+        version=dict(type="str", default="manual"),
+        run_id=dict(type="int"),
+        format=dict(type="str", default="custom", choices=["custom", "directory"]),
+        jobs=dict(type="int", default=2),
+        compress=dict(type="str"),
+        pg_dump_path=dict(type="str", default="pg_dump"),
+        disk_margin=dict(type="float", default=1.2),
+        exclude_schemas=dict(type="list", elements="str", default=[]),
+        lock_timeout=dict(type="str", default="30s"),
+        retain=dict(type="int", default=5),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    p = module.params
+    if not p["login_db"]:
+        module.fail_json(msg="login_db is required: the database to back up (pgmigrate_db_name)")
+    if p["jobs"] < 1 or p["retain"] < 1 or p["disk_margin"] <= 0:
+        module.fail_json(msg="jobs and retain must be >= 1 and disk_margin > 0")
+    if p["state"] == "pruned":
+        module.exit_json(commands=[], **prune(module, p))
+    p["pg_dump_path"] = find_tool(module, "pg_dump", p["pg_dump_path"])
+    commands: list = []
+    conn = connect(module)  # connectivity: fails with "unable to connect to database: ..."
+    try:
+        facts = preflight(module, conn, p)
+        if p["state"] == "preflight":
+            module.exit_json(changed=False, preflight=facts, commands=commands,
+                             msg=f"a backup of {p['login_db']} can be taken: {facts['free']} free, "
+                                 f"{facts['needed_bytes']} bytes needed; pg_dump {facts['pg_dump']['version']} "
+                                 f">= server {facts['server']['version']}")
+        found = reusable_backup(p, p["login_db"])
+        if found:
+            m = found["manifest"]
+            module.exit_json(changed=False, reused=True, backup_path=m["backup_path"],
+                             manifest_path=found["manifest_path"], manifest=m, preflight=facts, commands=commands,
+                             msg=f"run #{p['run_id']} already has a verified backup: {m['backup_path']}")
+        if module.check_mode:
+            would = os.path.join(p["backup_dir"], backup_name(p["login_db"], p["version"], p["run_id"],
+                                                              utc_stamp(), p["format"]))
+            module.exit_json(changed=True, reused=False, backup_path=would, manifest_path=manifest_path(would),
+                             preflight=facts, commands=commands,
+                             msg=f"would dump {p['login_db']} ({facts['database_size']}) with pg_dump "
+                                 f"{facts['pg_dump']['version']} in {p['format']} format to {would}, "
+                                 "with a manifest from the same snapshot")
+        result = dump(module, conn, p, facts, commands)
+    finally:
+        conn.close()
+    module.exit_json(preflight=facts, commands=commands, **result)
+
+
+if __name__ == "__main__":
+    main()

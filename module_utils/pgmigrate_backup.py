@@ -1,0 +1,355 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, pgmigrate-ops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Shared backup logic of pg_backup, pg_backup_verify and pg_backup_restore.
+
+- Table fingerprints: an exact row count and a content checksum per table, computed the
+  same way on the source (inside the transaction whose snapshot pg_dump uses) and on a
+  restored copy.  The checksum is the sum of a 64-bit hash of each row's text, which is
+  order independent (no sort, one sequential scan) and changes when any row changes.
+  Row text depends on output settings, so every fingerprinting session pins them.
+- The manifest: JSON beside the backup, written 0600 and replaced atomically.
+- File checksums (sha256) of a custom-format file or of every file of a directory dump.
+- pg_dump / pg_restore discovery and version parsing; argv never carries a password
+  (libpq_env passes it as PGPASSWORD).
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import time
+from datetime import datetime, timezone
+
+from ansible.module_utils.pgmigrate import sql
+
+MANIFEST_FORMAT = 1
+MANIFEST_SUFFIX = ".manifest.json"
+PARTIAL_SUFFIX = ".partial"
+CHECKSUM_METHOD = "sum(hashtextextended(row::text, 0)) with TimeZone=UTC, DateStyle=ISO/YMD, " \
+                  "IntervalStyle=postgres, extra_float_digits=3, bytea_output=hex"
+SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
+
+# Pinned output settings: the text of a row (timestamps, floats, bytea) must not depend on
+# the session that reads it.  Constant statements, nothing interpolated.
+_PIN_SETTINGS = (
+    "SET LOCAL TimeZone = 'UTC'",
+    "SET LOCAL DateStyle = 'ISO, YMD'",
+    "SET LOCAL IntervalStyle = 'postgres'",
+    "SET LOCAL extra_float_digits = 3",
+    "SET LOCAL bytea_output = 'hex'",
+)
+
+
+class BackupError(Exception):
+    """A problem with a backup, its manifest or a tool; the message says what to do."""
+
+
+# ---------------------------------------------------------------------------------
+# Tables and fingerprints
+# ---------------------------------------------------------------------------------
+def pin_output_settings(cur) -> None:
+    for stmt in _PIN_SETTINGS:
+        cur.execute(stmt)
+
+
+def list_tables(cur, exclude_schemas: list[str]) -> list[tuple[str, str]]:
+    """Ordinary tables whose data pg_dump dumps: (schema, table), sorted.
+
+    Leaves out system schemas, temp/toast schemas, the excluded schemas (the tool's own
+    ledger) and tables that belong to an extension."""
+    cur.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind = 'r' AND NOT (n.nspname = ANY(%s)) AND n.nspname NOT LIKE 'pg\\_toast%%' "
+        "AND n.nspname NOT LIKE 'pg\\_temp\\_%%' "
+        "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid "
+        "AND d.deptype = 'e') ORDER BY n.nspname, c.relname",
+        (list(SYSTEM_SCHEMAS) + list(exclude_schemas),))
+    return [(r[0], r[1]) for r in cur.fetchall()]
+
+
+def table_fingerprint(cur, schema: str, table: str) -> dict:
+    cur.execute(sql.SQL("SELECT count(*), coalesce(sum(hashtextextended(ROW(r.*)::text, 0)), 0)::text "
+                        "FROM {} AS r").format(sql.Identifier(schema, table)))
+    rows, checksum = cur.fetchone()
+    return {"rows": int(rows), "checksum": checksum}
+
+
+def fingerprint_tables(cur, tables: list[tuple[str, str]]) -> dict:
+    """{'schema.table': {'rows': N, 'checksum': '...'}} in the cursor's current transaction."""
+    pin_output_settings(cur)
+    return {f"{s}.{t}": table_fingerprint(cur, s, t) for s, t in tables}
+
+
+def compare_fingerprints(expected: dict, actual: dict, only_counts: bool = False) -> list[str]:
+    """Differences between the manifest's tables and a database's, first table first."""
+    problems = []
+    for name in sorted(set(expected) | set(actual)):
+        want, got = expected.get(name), actual.get(name)
+        if got is None:
+            problems.append(f"table {name}: in the manifest ({want['rows']} rows) but missing after restore")
+        elif want is None:
+            problems.append(f"table {name}: present after restore ({got['rows']} rows) but not in the manifest")
+        elif want["rows"] != got["rows"]:
+            problems.append(f"table {name}: the manifest says {want['rows']} rows, the restore has {got['rows']}")
+        elif not only_counts and str(want["checksum"]) != str(got["checksum"]):
+            problems.append(f"table {name}: {got['rows']} rows as expected but the content checksum differs "
+                            f"(manifest {want['checksum']}, restore {got['checksum']})")
+    return problems
+
+
+def alembic_revision(cur) -> str | None:
+    cur.execute("SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relname = 'alembic_version' AND c.relkind = 'r' "
+                "AND n.nspname = ANY(current_schemas(false)) LIMIT 1")
+    row = cur.fetchone()
+    if row is None:
+        return None
+    cur.execute(sql.SQL("SELECT string_agg(version_num, ',' ORDER BY version_num) FROM {}").format(
+        sql.Identifier(row[0], "alembic_version")))
+    return cur.fetchone()[0]
+
+
+def server_version(cur) -> dict:
+    cur.execute("SELECT current_setting('server_version'), current_setting('server_version_num')::int")
+    text, num = cur.fetchone()
+    return {"version": text.split()[0], "version_num": num, "major": num // 10000 if num >= 100000 else num // 100}
+
+
+# ---------------------------------------------------------------------------------
+# Tools
+# ---------------------------------------------------------------------------------
+_VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
+
+
+def tool_version(path: str) -> dict:
+    """{'path', 'version', 'major'} of pg_dump / pg_restore, or BackupError."""
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False, timeout=30)
+    except OSError as exc:
+        raise BackupError(f"cannot run {path}: {exc}; install the PostgreSQL client tools "
+                          "(e.g. apt-get install postgresql-client-15) or set the tool's path") from exc
+    match = _VERSION_RE.search(out.stdout)
+    if out.returncode != 0 or not match:
+        raise BackupError(f"{path} --version did not report a PostgreSQL version "
+                          f"(rc={out.returncode}, output {out.stdout.strip()!r})")
+    version = match.group(1) + (f".{match.group(2)}" if match.group(2) else "")
+    return {"path": path, "version": version, "major": int(match.group(1))}
+
+
+def find_tool(module, name: str, explicit: str | None) -> str:
+    if explicit:
+        if os.path.sep in explicit:
+            if not os.access(explicit, os.X_OK):
+                module.fail_json(msg=f"{name} path {explicit} is not an executable file; fix the path or leave "
+                                     "it unset to use the one on PATH")
+            return explicit
+        found = shutil.which(explicit)
+        if found:
+            return found
+    found = shutil.which(name)
+    if not found:
+        module.fail_json(msg=f"{name} was not found on PATH; install the PostgreSQL client tools "
+                             "(apt-get install postgresql-client) or give its path")
+    return found
+
+
+def run_tool(argv: list[str], env: dict, timeout: int | None = None) -> subprocess.CompletedProcess:
+    """Run a client tool; its password comes from env (PGPASSWORD), never argv."""
+    return subprocess.run(argv, env=env, capture_output=True, text=True, check=False, timeout=timeout)
+
+
+def tail(text: str, lines: int = 8) -> str:
+    return " | ".join(line for line in (text or "").strip().splitlines()[-lines:] if line)
+
+
+# ---------------------------------------------------------------------------------
+# Files, names and the manifest
+# ---------------------------------------------------------------------------------
+def utc_stamp(now: datetime | None = None) -> str:
+    return (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+
+
+def utc_now_iso() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+_SAFE_RE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def safe_part(text: str) -> str:
+    return _SAFE_RE.sub("_", str(text)) or "_"
+
+
+def backup_name(database: str, version: str, run_id: int | None, stamp: str, fmt: str) -> str:
+    run = f"run{run_id}" if run_id is not None else "norun"
+    ext = "dump" if fmt == "custom" else "dir"
+    return f"{safe_part(database)}-{safe_part(version)}-{run}-{stamp}.{ext}"
+
+
+def manifest_path(backup_path: str) -> str:
+    return backup_path.rstrip(os.sep) + MANIFEST_SUFFIX
+
+
+def ensure_private_dir(path: str) -> bool:
+    """Create the backup directory 0700 (parents too); tighten it when it exists. Returns True if changed."""
+    changed = False
+    if not os.path.isdir(path):
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        changed = True
+    if os.stat(path).st_mode & 0o777 != 0o700:
+        os.chmod(path, 0o700)
+        changed = True
+    return changed
+
+
+def existing_parent(path: str) -> str:
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    return probe
+
+
+def _sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_digests(path: str) -> dict:
+    """{'size_bytes', 'sha256', 'files': {relative path: sha256}} of a dump file or directory."""
+    if os.path.isdir(path):
+        files = {}
+        size = 0
+        for root, _dirs, names in os.walk(path):
+            for name in names:
+                full = os.path.join(root, name)
+                files[os.path.relpath(full, path)] = _sha256_file(full)
+                size += os.path.getsize(full)
+        overall = hashlib.sha256("".join(f"{k}:{files[k]}\n" for k in sorted(files)).encode()).hexdigest()
+        return {"size_bytes": size, "sha256": overall, "files": dict(sorted(files.items()))}
+    digest = _sha256_file(path)
+    return {"size_bytes": os.path.getsize(path), "sha256": digest, "files": {os.path.basename(path): digest}}
+
+
+def set_private_modes(path: str) -> None:
+    if os.path.isdir(path):
+        os.chmod(path, 0o700)
+        for root, dirs, names in os.walk(path):
+            for d in dirs:
+                os.chmod(os.path.join(root, d), 0o700)
+            for n in names:
+                os.chmod(os.path.join(root, n), 0o600)
+    else:
+        os.chmod(path, 0o600)
+
+
+def remove_path(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def write_manifest(path: str, manifest: dict) -> None:
+    """Write the manifest 0600, atomically (a reader never sees half a manifest)."""
+    tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(manifest, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        remove_path(tmp)
+        raise
+
+
+def read_manifest(path: str) -> dict:
+    if not os.path.exists(path):
+        raise BackupError(f"manifest {path} does not exist; a backup without its manifest cannot be verified "
+                          "or restored (take a new backup)")
+    try:
+        with open(path) as fh:
+            manifest = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise BackupError(f"manifest {path} is not readable JSON ({exc}); take a new backup") from exc
+    missing = [k for k in ("database", "tables", "sha256", "size_bytes", "format") if k not in manifest]
+    if not isinstance(manifest, dict) or missing:
+        raise BackupError(f"manifest {path} lacks {', '.join(missing)}; it was not written by pg_backup")
+    return manifest
+
+
+def check_files(backup_path: str, manifest: dict) -> dict:
+    """The file(s) exist, are not empty, and match the manifest's size and sha256; else BackupError."""
+    if not os.path.lexists(backup_path):
+        raise BackupError(f"backup file {backup_path} is missing; it was moved or deleted after the dump "
+                          "(take a new backup)")
+    if manifest["format"] == "directory" and not os.path.isdir(backup_path):
+        raise BackupError(f"backup {backup_path} should be a directory-format dump but is not a directory")
+    if manifest["format"] == "custom" and not os.path.isfile(backup_path):
+        raise BackupError(f"backup {backup_path} should be a custom-format file but is not a regular file")
+    digests = file_digests(backup_path)
+    if digests["size_bytes"] == 0:
+        raise BackupError(f"backup file {backup_path} is empty (0 bytes); the manifest says "
+                          f"{manifest['size_bytes']} bytes: the dump was lost or overwritten (take a new backup)")
+    if digests["size_bytes"] != manifest["size_bytes"]:
+        raise BackupError(f"backup file {backup_path} is {digests['size_bytes']} bytes but the manifest says "
+                          f"{manifest['size_bytes']}: the file is truncated or was changed (take a new backup)")
+    if digests["sha256"] != manifest["sha256"]:
+        changed = [k for k, v in digests["files"].items() if manifest.get("files", {}).get(k) != v]
+        raise BackupError(f"sha256 of backup {backup_path} is {digests['sha256']} but the manifest says "
+                          f"{manifest['sha256']}: the content is corrupted (differs in {', '.join(changed)}); "
+                          "take a new backup")
+    return digests
+
+
+def toc_table_data(listing: str) -> set[str]:
+    """'schema.table' of every TABLE DATA entry of a `pg_restore --list` output."""
+    found = set()
+    for line in listing.splitlines():
+        if line.startswith(";") or " TABLE DATA " not in line:
+            continue
+        rest = line.split(" TABLE DATA ", 1)[1].split()
+        if len(rest) >= 2:
+            found.add(f"{rest[0]}.{rest[1]}")
+    return found
+
+
+def scratch_name(prefix: str, run_id: int | None) -> str:
+    """A database name that cannot clash: prefix, run id, random; within 63 bytes."""
+    run = f"r{run_id}" if run_id is not None else "rx"
+    return f"{safe_part(prefix)[:40]}_{run}_{secrets.token_hex(5)}"[:63].lower()
+
+
+def find_run_backups(backup_dir: str, database: str) -> list[dict]:
+    """Manifests in backup_dir that belong to ``database``: [{'manifest_path', 'manifest'}], newest first."""
+    found = []
+    for path in glob.glob(os.path.join(glob.escape(backup_dir), "*" + MANIFEST_SUFFIX)):
+        try:
+            manifest = read_manifest(path)
+        except BackupError:
+            continue
+        if manifest.get("database") == database:
+            found.append({"manifest_path": path, "manifest": manifest})
+    found.sort(key=lambda m: (m["manifest"].get("created_at") or "", m["manifest_path"]), reverse=True)
+    return found
+
+
+def timed(fn, *args, **kwargs):
+    start = time.monotonic()
+    value = fn(*args, **kwargs)
+    return value, round(time.monotonic() - start, 3)
