@@ -1,0 +1,398 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, pgmigrate-ops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+---
+module: pg_batch_update
+short_description: Backfill a table in small, resumable, throttled batches
+description:
+  - Walks the table's key (the primary key, or any unique, not-null key, composite keys included) in key ranges.
+    Each batch is one transaction that updates the rows of one range (an index range scan) and moves the
+    checkpoint in O(ops_schema).batch_checkpoints in the same transaction.
+  - After C(kill -9) of the module, of C(ansible-playbook), or a PostgreSQL restart, the next run resumes after the
+    last committed batch; nothing is skipped and nothing is done twice. A second copy of the same backfill is
+    refused while the first one runs.
+  - Transforms are SQL expressions per column (O(set), computed by the server from the current row) or a Python
+    function (O(python)), which receives the batch's rows (locked C(FOR UPDATE), so a concurrent change cannot be
+    overwritten with a stale value) and returns the new values; they are written back with COPY into a temporary
+    table and one UPDATE bounded by the batch's range.
+  - The batch size adapts toward O(target_batch_ms) within [O(min_batch_size), O(max_batch_size)]. A lock timeout
+    halves the batch and retries. Optional health holds wait while a standby lags, a vacuum runs on the table, or
+    WAL waits to be archived, and say why.
+  - Progress (rows done, estimated total, rate, ETA) goes to a JSON-lines file (O(progress_file), for C(tail -f))
+    and to a Prometheus textfile (O(metrics_file)), and is summarised in the result.
+  - The SQL of the plan (O(set), O(where)) is operator-owned configuration, composed as SQL by design; it is
+    planned with EXPLAIN before the first batch, so a syntax error or an unknown column fails with nothing changed.
+version_added: "1.0.0"
+author: pgmigrate-ops contributors
+extends_documentation_fragment:
+  - pgmigrate
+attributes:
+  check_mode:
+    support: full
+    details: >-
+      Plans the statements, counts the rows that would change (a planner estimate above O(check_count_limit)
+      rows) and returns the SQL; updates nothing. Before the schema phase a missing table or column is a warning.
+  diff_mode:
+    support: none
+options:
+  name:
+    description: Name of the backfill; its checkpoint is kept under this name.
+    type: str
+    required: true
+  table:
+    description: Table to update, C(table) or C(schema.table), taken literally (never parsed as SQL).
+    type: str
+    required: true
+  key:
+    description: Key columns to batch on, in the order of their unique index. Defaults to the primary key.
+    type: list
+    elements: str
+  set:
+    description: Column to SQL expression over the current row. Give this or O(python).
+    type: dict
+  python:
+    description:
+      - Python transform C(module.path:function). It receives a list of dicts (one per row, the key and
+        O(read_columns)) and returns an iterable of dicts with the key columns and O(columns); rows it leaves
+        out stay unchanged. Values are written in the column's text form (C(None) is NULL, dict and list are JSON).
+    type: str
+  python_path:
+    description: Directories to add to the import path for O(python).
+    type: list
+    elements: path
+    default: []
+  columns:
+    description: Columns the Python transform writes (required with O(python)).
+    type: list
+    elements: str
+  read_columns:
+    description: Columns the Python transform reads (default all).
+    type: list
+    elements: str
+  where:
+    description:
+      - SQL filter of the rows to update, for example only rows not migrated yet; a second run then updates
+        nothing (C(changed=false)).
+    type: str
+  incremental:
+    description: Only rows whose O(incremental.column) is in the last O(incremental.hours) hours, or newer than the
+      start of the last completed pass of this backfill (O(incremental.since_last_run)).
+    type: dict
+    suboptions:
+      column:
+        description: Timestamp column of the window.
+        type: str
+        default: created_at
+      hours:
+        description: Size of the window in hours.
+        type: float
+      since_last_run:
+        description: Only rows since the start of the last completed pass (all rows when there was none).
+        type: bool
+        default: false
+  batch_size:
+    description: Rows in the first batch.
+    type: int
+    default: 10000
+  min_batch_size:
+    description: Smallest batch the adaptive size and lock-timeout retries go down to.
+    type: int
+    default: 100
+  max_batch_size:
+    description: Largest batch the adaptive size grows to.
+    type: int
+    default: 100000
+  target_batch_ms:
+    description: Duration of a batch transaction the adaptive size aims at (row locks are held that long).
+    type: int
+    default: 100
+  pause_ms:
+    description: Pause between batches of a worker (the duty cycle left to the application).
+    type: int
+    default: 0
+  lock_timeout:
+    description: C(lock_timeout) of each batch; on timeout the batch is halved and retried.
+    type: str
+    default: 2s
+  statement_timeout:
+    description: C(statement_timeout) of each batch statement.
+    type: str
+    default: 1min
+  max_retries:
+    description: Retries in a row (lock timeout, deadlock) before the backfill stops.
+    type: int
+    default: 10
+  workers:
+    description: Connections working on disjoint key ranges, each with its own checkpoint.
+    type: int
+    default: 1
+  max_replication_lag_s:
+    description: Hold while a standby in C(pg_stat_replication) lags more than this many seconds.
+    type: float
+  hold_on_autovacuum:
+    description: Hold while a vacuum runs on the table (C(pg_stat_progress_vacuum)).
+    type: bool
+    default: false
+  max_archive_backlog:
+    description: Hold while more WAL segments than this wait to be archived (needs superuser or C(pg_monitor)).
+    type: int
+  hold_poll_s:
+    description: Seconds between health checks during a hold.
+    type: float
+    default: 5
+  max_hold_s:
+    description: Fail when one hold lasts longer than this.
+    type: float
+    default: 1800
+  progress_file:
+    description: JSON-lines progress log (appended; C(tail -f) it).
+    type: path
+  metrics_file:
+    description: Prometheus textfile (node_exporter textfile collector), replaced atomically.
+    type: path
+  progress_interval_s:
+    description: Seconds between progress lines and metric updates.
+    type: float
+    default: 1
+  run_id:
+    description: Ledger run the backfill belongs to (recorded in the checkpoint).
+    type: int
+  restart:
+    description: Discard an unfinished pass and start a new one from the beginning.
+    type: bool
+    default: false
+  check_count_limit:
+    description: In check mode, tables with more rows (estimate) are counted with a planner estimate.
+    type: int
+    default: 5000000
+'''
+
+EXAMPLES = r'''
+- name: Backfill accuracy and importance of every prediction
+  pg_batch_update:
+    login_db: football_prediction
+    name: predictions_accuracy
+    table: predictions
+    set:
+      model_accuracy: "CASE WHEN actual_result IS NULL THEN NULL ELSE 1 - (...) / 2 END"
+      feature_importance: "jsonb_build_object('draw_tendency', round(draw_prob::numeric, 4))"
+    where: feature_importance IS NULL
+    target_batch_ms: 100
+    progress_file: /var/log/pgmigrate/backfill-predictions_accuracy.jsonl
+    metrics_file: /var/lib/node_exporter/textfile/pgmigrate_backfill.prom
+
+- name: Backfill with a Python function, two workers, holding while a standby lags
+  pg_batch_update:
+    login_db: football_prediction
+    name: predictions_accuracy_py
+    table: predictions
+    python: transforms:prediction_accuracy
+    python_path: [/opt/pgmigrate-ops/examples/football_prediction]
+    columns: [model_accuracy, feature_importance]
+    where: feature_importance IS NULL
+    workers: 2
+    max_replication_lag_s: 30
+
+- name: Backfill only the predictions of the last 24 hours
+  pg_batch_update:
+    login_db: football_prediction
+    name: predictions_recent
+    table: predictions
+    set: {feature_importance: "jsonb_build_object('model_version', model_version)"}
+    incremental: {column: created_at, hours: 24}
+'''
+
+RETURN = r'''
+rows_updated:
+  description: Rows this run updated.
+  returned: success
+  type: int
+  sample: 1000000
+rows_done:
+  description: Rows (keys) this run walked through, updated or not.
+  returned: success
+  type: int
+rows_total:
+  description: Rows of the pass (exact once it is complete).
+  returned: success
+  type: int
+batches:
+  description: Batches this run committed.
+  returned: success
+  type: int
+duration_s:
+  description: Seconds this run took.
+  returned: success
+  type: float
+rows_per_s:
+  description: Rows walked per second.
+  returned: success
+  type: float
+retries:
+  description: Batches retried after a lock timeout or deadlock.
+  returned: success
+  type: int
+holds:
+  description: Health holds (count, seconds, and count per reason).
+  returned: success
+  type: dict
+  sample: {count: 1, seconds: 12.0, reasons: {replication_lag: 1}}
+max_batch_ms:
+  description: Longest batch transaction in milliseconds.
+  returned: success
+  type: float
+max_lock_ms:
+  description: Longest time a batch held row locks (from its UPDATE to its commit), in milliseconds.
+  returned: success
+  type: float
+batch_size:
+  description: Batch size at the end (adaptive).
+  returned: success
+  type: int
+resumed:
+  description: Whether this run resumed an unfinished pass.
+  returned: success
+  type: bool
+checkpoint:
+  description: The checkpoint after the run (status, rows done and updated, batches, per-worker ranges and last keys).
+  returned: always
+  type: dict
+would_update:
+  description: Rows that would be updated.
+  returned: check mode
+  type: int
+sql:
+  description: The batch statement (with placeholders for the range bounds).
+  returned: when the table and columns exist
+  type: str
+progress_file:
+  description: The JSON-lines progress log.
+  returned: success
+  type: str
+'''
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible.module_utils.pgmigrate import HAS_PSYCOPG2, PSYCOPG2_IMP_ERR, connect, connection_argument_spec
+from ansible.module_utils.pgmigrate_batch import Backfill, BackfillError, Spec, read_checkpoints, summarise_checkpoints
+
+SPEC_OPTIONS = ("name", "table", "key", "set", "python", "python_path", "columns", "read_columns", "where",
+                "incremental", "batch_size", "min_batch_size", "max_batch_size", "target_batch_ms", "pause_ms",
+                "lock_timeout", "statement_timeout", "max_retries", "workers", "max_replication_lag_s",
+                "hold_on_autovacuum", "max_archive_backlog", "hold_poll_s", "max_hold_s", "progress_file",
+                "metrics_file", "progress_interval_s", "run_id", "restart", "ops_schema", "check_count_limit")
+
+
+def argument_spec() -> dict:
+    spec = connection_argument_spec()
+    spec.update(
+        name=dict(type="str", required=True),
+        table=dict(type="str", required=True),
+        key=dict(type="list", elements="str"),
+        set=dict(type="dict"),
+        python=dict(type="str"),
+        python_path=dict(type="list", elements="path", default=[]),
+        columns=dict(type="list", elements="str"),
+        read_columns=dict(type="list", elements="str"),
+        where=dict(type="str"),
+        incremental=dict(type="dict", options=dict(
+            column=dict(type="str", default="created_at"),
+            hours=dict(type="float"),
+            since_last_run=dict(type="bool", default=False))),
+        batch_size=dict(type="int", default=10000),
+        min_batch_size=dict(type="int", default=100),
+        max_batch_size=dict(type="int", default=100000),
+        target_batch_ms=dict(type="int", default=100),
+        pause_ms=dict(type="int", default=0),
+        lock_timeout=dict(type="str", default="2s"),
+        statement_timeout=dict(type="str", default="1min"),
+        max_retries=dict(type="int", default=10),
+        workers=dict(type="int", default=1),
+        max_replication_lag_s=dict(type="float"),
+        hold_on_autovacuum=dict(type="bool", default=False),
+        max_archive_backlog=dict(type="int"),
+        hold_poll_s=dict(type="float", default=5.0),
+        max_hold_s=dict(type="float", default=1800.0),
+        progress_file=dict(type="path"),
+        metrics_file=dict(type="path"),
+        progress_interval_s=dict(type="float", default=1.0),
+        run_id=dict(type="int"),
+        restart=dict(type="bool", default=False),
+        check_count_limit=dict(type="int", default=5_000_000),
+    )
+    return spec
+
+
+def validate_numbers(module, p: dict) -> None:
+    for name in ("batch_size", "min_batch_size", "max_batch_size", "target_batch_ms", "workers"):
+        if p[name] < 1:
+            module.fail_json(msg=f"{name} must be at least 1, got {p[name]}")
+    for name in ("pause_ms", "max_retries"):
+        if p[name] < 0:
+            module.fail_json(msg=f"{name} must not be negative, got {p[name]}")
+    if p["set"] is not None:
+        bad = [c for c, e in p["set"].items() if not isinstance(e, str) or not e.strip()]
+        if bad:
+            module.fail_json(msg=f"set: the expression of {', '.join(bad)} must be a non-empty SQL string")
+    if p["where"] is not None and not p["where"].strip():
+        module.fail_json(msg="where: give a SQL filter or leave it out")
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
+                           mutually_exclusive=[("set", "python")], required_one_of=[("set", "python")],
+                           required_by={"python": ("columns",)})
+    if not HAS_PSYCOPG2:
+        module.fail_json(msg=missing_required_lib("psycopg2"), exception=PSYCOPG2_IMP_ERR)
+    p = module.params
+    validate_numbers(module, p)
+    spec = Spec(**{k: p[k] for k in SPEC_OPTIONS})
+    spec.set = {str(k): str(v) for k, v in p["set"].items()} if p["set"] else None
+    spec.incremental = dict(p["incremental"]) if p["incremental"] else None
+    app = f"pgmigrate-ops:pg_batch_update:{spec.name}"
+    engine = Backfill(spec, lambda: connect(module, application_name=app))
+    try:
+        try:
+            engine.prepare()
+        except BackfillError as exc:
+            if module.check_mode and exc.facts.get("missing"):
+                module.warn(f"{exc.msg} (check mode: the schema phase may create it; the backfill is not previewed)")
+                module.exit_json(changed=True, would_update=None, checkpoint=None,
+                                 msg=f"backfill {spec.name} cannot be previewed before the schema phase")
+            raise
+        result = engine.preview() if module.check_mode else engine.run()
+        for warning in engine.warnings:
+            module.warn(warning)
+    except BackfillError as exc:
+        facts = dict(exc.facts)
+        facts.pop("missing", None)
+        if "checkpoint" not in facts:
+            facts["checkpoint"] = current_checkpoint(engine, spec)
+        facts.pop("msg", None)
+        facts["changed"] = bool(facts.get("rows_updated"))
+        module.fail_json(msg=exc.msg, **facts)
+    except Exception as exc:  # never a traceback for the operator; keep it for -vvv
+        module.fail_json(msg=f"pg_batch_update {spec.name} failed: {type(exc).__name__}: {exc}",
+                         exception=traceback.format_exc(), checkpoint=current_checkpoint(engine, spec))
+    finally:
+        engine.close()
+    module.exit_json(**result)
+
+
+def current_checkpoint(engine: Backfill, spec: Spec):
+    try:
+        engine.conn.rollback()
+        with engine.conn.cursor() as cur:
+            return summarise_checkpoints(read_checkpoints(cur, spec.ops_schema, spec.name))
+    except Exception:
+        return None
+
+
+if __name__ == "__main__":
+    main()

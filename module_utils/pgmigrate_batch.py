@@ -1,0 +1,1202 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, pgmigrate-ops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The batched backfill engine behind the ``pg_batch_update`` module.
+
+How a backfill runs:
+
+* The key space of the table (its primary key or another unique, not-null key, composite
+  keys included) is walked in order.  Each batch is a key range ``(lo, hi]``: ``hi`` is found
+  by an index-only scan of the next ``batch_size`` keys, and the UPDATE is bounded by that
+  range, so every batch is an index range scan however big the table is (no OFFSET, no list
+  of ids).
+* One transaction per batch, with ``lock_timeout``/``statement_timeout`` set locally.  The
+  checkpoint row (``<ops_schema>.batch_checkpoints``) is updated in the same transaction, so
+  a batch and its checkpoint commit together: after ``kill -9`` of anything the next run
+  resumes after the last committed batch, skipping nothing and doing nothing twice.
+* SQL transforms are computed by the server from the current row.  A Python transform
+  reads the batch's rows ``FOR UPDATE`` (a concurrent writer waits, so the value written
+  back can never be computed from a stale row), calls the function, COPYs the results into
+  a temporary table and writes them back with one UPDATE bounded by the same range.
+* The batch size adapts toward ``target_batch_ms`` (shrink fast when a batch is slow, grow
+  by at most 20 % when it is fast), a lock timeout halves the batch and retries, and health
+  holds (replication lag, vacuum on the table, WAL archive backlog) wait and say why.
+* Optional workers split the key space into disjoint ranges, each with its own
+  connection, thread and checkpoint row (psycopg2 releases the GIL while it waits).
+* Progress goes to a JSON-lines file (``tail -f``) and to a Prometheus textfile.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import importlib
+import io
+import json
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+try:
+    import psycopg2
+    import psycopg2.errors
+    from psycopg2 import sql
+except ImportError:  # pragma: no cover - the module reports missing_required_lib first
+    psycopg2 = None
+    sql = None
+
+from ansible.module_utils.pgmigrate_metrics import write_textfile
+
+CHECKPOINT_TABLE = "batch_checkpoints"
+ADVISORY_CLASS = "pgmigrate-ops:backfill"
+TEMP_TABLE = "pgmigrate_backfill_rows"
+RETRYABLE_SQLSTATES = {"55P03": "lock timeout", "40P01": "deadlock", "40001": "serialization failure",
+                       "57014": "statement timeout"}
+
+
+class BackfillError(Exception):
+    """A failure with a message for the operator (what happened, what to do)."""
+
+    def __init__(self, msg: str, **facts: Any) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.facts = facts
+
+
+# ---------------------------------------------------------------------------------------
+# The backfill's definition
+# ---------------------------------------------------------------------------------------
+@dataclass
+class Spec:
+    name: str
+    table: str
+    key: list[str] | None = None
+    set: dict[str, str] | None = None
+    python: str | None = None
+    python_path: list[str] = field(default_factory=list)
+    columns: list[str] | None = None
+    read_columns: list[str] | None = None
+    where: str | None = None
+    incremental: dict | None = None
+    batch_size: int = 10000
+    min_batch_size: int = 100
+    max_batch_size: int = 100000
+    target_batch_ms: int = 100
+    pause_ms: int = 0
+    lock_timeout: str = "2s"
+    statement_timeout: str = "1min"
+    max_retries: int = 10
+    workers: int = 1
+    max_replication_lag_s: float | None = None
+    hold_on_autovacuum: bool = False
+    max_archive_backlog: int | None = None
+    hold_poll_s: float = 1.0
+    max_hold_s: float = 1800.0
+    progress_file: str | None = None
+    metrics_file: str | None = None
+    progress_interval_s: float = 1.0
+    run_id: int | None = None
+    restart: bool = False
+    ops_schema: str = "migration_ops"
+    check_count_limit: int = 5_000_000
+
+    def definition_hash(self) -> str:
+        """What makes two runs the same backfill: a resumed pass must not change meaning."""
+        body = {"table": self.table, "key": self.key, "set": self.set, "python": self.python,
+                "columns": self.columns, "where": self.where, "incremental": self.incremental}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Column:
+    name: str
+    type: str  # format_type(): a type name as SQL spells it
+    notnull: bool
+
+
+@dataclass
+class Target:
+    schema: str
+    table: str
+    oid: int
+    columns: dict[str, Column]
+    key: list[str]
+    reltuples: float
+
+    @property
+    def ident(self):
+        return sql.Identifier(self.schema, self.table)
+
+    @property
+    def label(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+def fragment(text: str):
+    """Operator-owned SQL from the plan (expressions, filters): composed as SQL by design,
+    validated with EXPLAIN before the first batch.  ``%`` is doubled because every
+    statement here runs with bound parameters."""
+    return sql.SQL("(" + text.replace("%", "%%") + ")")
+
+
+# ---------------------------------------------------------------------------------------
+# Catalog look-ups and validation
+# ---------------------------------------------------------------------------------------
+def split_table(name: str) -> tuple[str | None, str]:
+    parts = name.split(".")
+    if len(parts) == 2 and all(parts):
+        return parts[0], parts[1]
+    return None, name
+
+
+def resolve_target(cur, spec: Spec) -> Target:
+    schema, table = split_table(spec.table)
+    if schema is None:
+        cur.execute(
+            "SELECT n.nspname, c.relname, c.oid, c.reltuples FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = %s AND c.relkind IN ('r', 'p') "
+            "AND n.nspname = ANY (current_schemas(false)) "
+            "ORDER BY array_position(current_schemas(false), n.nspname) LIMIT 1", (table,))
+    else:
+        cur.execute(
+            "SELECT n.nspname, c.relname, c.oid, c.reltuples FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = %s AND n.nspname = %s "
+            "AND c.relkind IN ('r', 'p')", (table, schema))
+    row = cur.fetchone()
+    if row is None:
+        raise BackfillError(f"backfill {spec.name}: table {spec.table!r} does not exist (looked up as a literal "
+                            "name in the search_path schemas); check the 'table' of the backfill, and that the "
+                            "schema phase ran first", missing="table")
+    nsp, rel, oid, reltuples = row
+    cur.execute("SELECT attname, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute "
+                "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (oid,))
+    columns = {r[0]: Column(r[0], r[1], r[2]) for r in cur.fetchall()}
+    key = spec.key or primary_key(cur, oid)
+    if not key:
+        raise BackfillError(f"backfill {spec.name}: table {nsp}.{rel} has no primary key; give 'key' (columns of "
+                            "a unique, not-null index)")
+    return Target(nsp, rel, oid, columns, list(key), float(reltuples))
+
+
+def primary_key(cur, oid: int) -> list[str]:
+    cur.execute("SELECT a.attname FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, n) "
+                "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+                "WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.n", (oid,))
+    return [r[0] for r in cur.fetchall()]
+
+
+def require_columns(spec: Spec, target: Target, names: list[str], what: str) -> None:
+    missing = [n for n in names if n not in target.columns]
+    if missing:
+        known = ", ".join(target.columns)
+        raise BackfillError(f"backfill {spec.name}: {what} {', '.join(repr(m) for m in missing)} "
+                            f"{'does' if len(missing) == 1 else 'do'} not exist in table {target.label} "
+                            f"(its columns: {known})", missing="column")
+
+
+def check_key(cur, spec: Spec, target: Target) -> None:
+    """The key must be unique and not null, or keyset batches could skip or repeat rows."""
+    require_columns(spec, target, target.key, "key column")
+    nullable = [k for k in target.key if not target.columns[k].notnull]
+    if nullable:
+        raise BackfillError(f"backfill {spec.name}: key column(s) {', '.join(nullable)} of {target.label} are "
+                            "nullable; the key must be NOT NULL and unique (use the primary key, or add NOT NULL)")
+    cur.execute("SELECT array_agg(a.attname ORDER BY k.n) FROM pg_index i "
+                "CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, n) "
+                "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+                "WHERE i.indrelid = %s AND i.indisunique AND i.indisvalid AND i.indpred IS NULL "
+                "AND i.indexprs IS NULL GROUP BY i.indexrelid", (target.oid,))
+    unique_sets = [list(r[0]) for r in cur.fetchall()]
+    if target.key in unique_sets:
+        return
+    same_columns = [u for u in unique_sets if sorted(u) == sorted(target.key)]
+    if same_columns:
+        raise BackfillError(f"backfill {spec.name}: the unique index on {target.label} orders the key as "
+                            f"{same_columns[0]}; give key: {same_columns[0]} so batches follow the index")
+    raise BackfillError(f"backfill {spec.name}: key {target.key} of {target.label} is not unique (no valid, "
+                        "non-partial unique index on exactly these columns); batching on it could skip or "
+                        "repeat rows. Use the primary key or create a unique index first")
+
+
+def load_function(spec: Spec) -> Callable:
+    module_name, _, func_name = (spec.python or "").partition(":")
+    if not module_name or not func_name:
+        raise BackfillError(f"backfill {spec.name}: python must be 'module.path:function', got {spec.python!r}")
+    for entry in reversed(spec.python_path or []):
+        path = os.path.abspath(os.path.expanduser(entry))
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise BackfillError(f"backfill {spec.name}: cannot import {module_name!r} for the python transform: "
+                            f"{type(exc).__name__}: {exc} (python_path: {spec.python_path or 'none'})") from exc
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise BackfillError(f"backfill {spec.name}: {module_name} has no function {func_name!r}")
+    return func
+
+
+# ---------------------------------------------------------------------------------------
+# SQL building (identifiers quoted, values bound, plan fragments via fragment())
+# ---------------------------------------------------------------------------------------
+class Statements:
+    def __init__(self, spec: Spec, target: Target) -> None:
+        self.spec = spec
+        self.target = target
+        self.key = target.key
+        self.composite = len(self.key) > 1
+
+    def key_expr(self, alias: str | None = None):
+        idents = [sql.Identifier(alias, k) if alias else sql.Identifier(k) for k in self.key]
+        return idents[0] if not self.composite else sql.SQL("({})").format(sql.SQL(", ").join(idents))
+
+    def key_param(self):
+        casts = [sql.SQL("%s::") + sql.SQL(self.target.columns[k].type) for k in self.key]
+        return casts[0] if not self.composite else sql.SQL("({})").format(sql.SQL(", ").join(casts))
+
+    def key_list(self, alias: str | None = None, suffix: str = ""):
+        return sql.SQL(", ").join(
+            (sql.Identifier(alias, k) if alias else sql.Identifier(k)) + sql.SQL(suffix) for k in self.key)
+
+    def range_cond(self, lo: list | None, hi: list | None, alias: str | None = None) -> tuple[Any, list]:
+        parts, params = [], []
+        if lo is not None:
+            parts.append(sql.SQL("{} > {}").format(self.key_expr(alias), self.key_param()))
+            params += lo
+        if hi is not None:
+            parts.append(sql.SQL("{} <= {}").format(self.key_expr(alias), self.key_param()))
+            params += hi
+        if not parts:
+            return sql.SQL("true"), params
+        return sql.SQL(" AND ").join(parts), params
+
+    def filter_cond(self, since: datetime.datetime | None) -> tuple[Any, list]:
+        """The where filter and the incremental window (both optional)."""
+        parts, params = [], []
+        if self.spec.where:
+            parts.append(fragment(self.spec.where))
+        if since is not None:
+            parts.append(sql.SQL("{} >= %s").format(sql.Identifier(self.spec.incremental["column"])))
+            params.append(since)
+        if not parts:
+            return None, params
+        return sql.SQL(" AND ").join(parts), params
+
+    def key_texts(self):
+        """Key values as text for the checkpoint.  Aliased: an output column named like the key
+        would make ORDER BY sort by the text (where '999' > '1000')."""
+        return sql.SQL(", ").join(sql.SQL("{}::text AS {}").format(sql.Identifier(k), sql.Identifier(f"_k{i}"))
+                                  for i, k in enumerate(self.key))
+
+    def boundary(self, cond) -> Any:
+        """The upper key of the next batch and the number of keys in it: an index-only scan."""
+        texts = self.key_texts()
+        return sql.SQL("SELECT {texts}, count(*) OVER () FROM (SELECT {keys} FROM {t} WHERE {cond} "
+                       "ORDER BY {keys} LIMIT %s) s ORDER BY {desc} LIMIT 1").format(
+            texts=texts, keys=self.key_list(), t=self.target.ident, cond=cond,
+            desc=self.key_list(alias="s", suffix=" DESC"))
+
+    def sql_update(self, cond, filt) -> Any:
+        assignments = sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(col), fragment(expr))
+                                         for col, expr in self.spec.set.items())
+        where = cond if filt is None else sql.SQL("{} AND {}").format(cond, filt)
+        return sql.SQL("UPDATE {t} SET {a} WHERE {w}").format(t=self.target.ident, a=assignments, w=where)
+
+    def read_columns(self) -> list[str]:
+        cols = self.spec.read_columns or list(self.target.columns)
+        return list(dict.fromkeys(self.key + cols))
+
+    def select_for_update(self, cond, filt) -> Any:
+        where = cond if filt is None else sql.SQL("{} AND {}").format(cond, filt)
+        return sql.SQL("SELECT {cols} FROM {t} WHERE {w} ORDER BY {keys} FOR UPDATE").format(
+            cols=sql.SQL(", ").join(sql.Identifier(c) for c in self.read_columns()), t=self.target.ident,
+            w=where, keys=self.key_list())
+
+    def write_columns(self) -> list[str]:
+        return list(dict.fromkeys(self.key + list(self.spec.columns or [])))
+
+    def create_temp(self) -> Any:
+        return sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {tmp} ON COMMIT DELETE ROWS AS SELECT {cols} FROM {t} "
+                       "WITH NO DATA").format(tmp=sql.Identifier(TEMP_TABLE), t=self.target.ident,
+                                              cols=sql.SQL(", ").join(sql.Identifier(c) for c in self.write_columns()))
+
+    def copy_in(self) -> Any:
+        return sql.SQL("COPY {tmp} ({cols}) FROM STDIN").format(
+            tmp=sql.Identifier(TEMP_TABLE), cols=sql.SQL(", ").join(sql.Identifier(c) for c in self.write_columns()))
+
+    def python_update(self, cond) -> Any:
+        """Write back from the temp table, bounded by the batch's range (an index range scan)."""
+        assignments = sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(c), sql.Identifier("s", c))
+                                         for c in self.spec.columns)
+        return sql.SQL("UPDATE {t} AS t SET {a} FROM {tmp} AS s WHERE {tk} = {sk} AND {cond}").format(
+            t=self.target.ident, a=assignments, tmp=sql.Identifier(TEMP_TABLE), tk=self.key_expr("t"),
+            sk=self.key_expr("s"), cond=cond)
+
+    def key_bounds_by_offset(self, cond) -> Any:
+        texts = self.key_texts()
+        return sql.SQL("SELECT {texts} FROM {t} WHERE {cond} ORDER BY {keys} OFFSET %s LIMIT 1").format(
+            texts=texts, t=self.target.ident, cond=cond, keys=self.key_list())
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------
+def ensure_checkpoint_table(cur, schema: str) -> None:
+    s = sql.Identifier(schema)
+    cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s))
+    cur.execute(sql.SQL("""CREATE TABLE IF NOT EXISTS {}.{} (
+        backfill text NOT NULL,
+        worker integer NOT NULL,
+        table_name text NOT NULL,
+        key_columns text[] NOT NULL,
+        definition_hash text NOT NULL,
+        range_lo text[],
+        range_hi text[],
+        last_key text[],
+        rows_done bigint NOT NULL DEFAULT 0,
+        rows_updated bigint NOT NULL DEFAULT 0,
+        batches bigint NOT NULL DEFAULT 0,
+        batch_size integer,
+        status text NOT NULL CHECK (status IN ('running', 'done', 'failed')),
+        run_id bigint,
+        since timestamptz,
+        pass_started_at timestamptz NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        finished_at timestamptz,
+        last_success_at timestamptz,
+        last_error text,
+        PRIMARY KEY (backfill, worker)
+    )""").format(s, sql.Identifier(CHECKPOINT_TABLE)))
+
+
+def checkpoint_ident(schema: str):
+    return sql.Identifier(schema, CHECKPOINT_TABLE)
+
+
+CHECKPOINT_COLUMNS = ("worker", "range_lo", "range_hi", "last_key", "rows_done", "rows_updated", "batches",
+                      "batch_size", "status", "run_id", "since", "pass_started_at", "updated_at", "finished_at",
+                      "last_success_at", "last_error", "definition_hash", "table_name")
+
+
+def read_checkpoints(cur, schema: str, name: str) -> list[dict]:
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{schema.replace(chr(34), chr(34) * 2)}".{CHECKPOINT_TABLE}',))
+    if not cur.fetchone()[0]:
+        return []
+    cur.execute(sql.SQL("SELECT {} FROM {} WHERE backfill = %s ORDER BY worker").format(
+        sql.SQL(", ").join(sql.Identifier(c) for c in CHECKPOINT_COLUMNS), checkpoint_ident(schema)), (name,))
+    return [dict(zip(CHECKPOINT_COLUMNS, row)) for row in cur.fetchall()]
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, (datetime.datetime, datetime.date)):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def summarise_checkpoints(rows: list[dict]) -> dict | None:
+    if not rows:
+        return None
+    statuses = {r["status"] for r in rows}
+    status = "failed" if "failed" in statuses else ("running" if "running" in statuses else "done")
+    return jsonable({
+        "status": status,
+        "workers": len(rows),
+        "rows_done": sum(r["rows_done"] for r in rows),
+        "rows_updated": sum(r["rows_updated"] for r in rows),
+        "batches": sum(r["batches"] for r in rows),
+        "pass_started_at": rows[0]["pass_started_at"],
+        "last_success_at": rows[0]["last_success_at"],
+        "since": rows[0]["since"],
+        "last_error": next((r["last_error"] for r in rows if r["last_error"]), None),
+        "ranges": [{"worker": r["worker"], "after": r["range_lo"], "through": r["range_hi"],
+                    "last_key": r["last_key"], "status": r["status"], "rows_done": r["rows_done"],
+                    "rows_updated": r["rows_updated"], "batches": r["batches"]} for r in rows],
+    })
+
+
+# ---------------------------------------------------------------------------------------
+# COPY text for the Python transform's results
+# ---------------------------------------------------------------------------------------
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def copy_value(value: Any) -> str:
+    """One value in COPY text format: None is NULL, dict/list are JSON, str is the column's text input."""
+    if value is None:
+        return "\\N"
+    if value is True:
+        return "t"
+    if value is False:
+        return "f"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (dict, list)):
+        text = json.dumps(value, default=str)
+    elif isinstance(value, (datetime.datetime, datetime.date)):
+        text = value.isoformat()
+    else:
+        text = str(value)
+    return text.translate(_COPY_ESCAPES) if ("\\" in text or "\t" in text or "\n" in text or "\r" in text) \
+        else text
+
+
+# ---------------------------------------------------------------------------------------
+# Progress: JSON lines + Prometheus textfile
+# ---------------------------------------------------------------------------------------
+METRIC_HELP = {
+    "pgmigrate_backfill_rows_done": ("gauge", "Rows (keys) the backfill has processed in its current pass."),
+    "pgmigrate_backfill_rows_total": ("gauge", "Rows the current pass covers (estimate, corrected as it goes)."),
+    "pgmigrate_backfill_rows_per_second": ("gauge", "Rows processed per second in this run."),
+    "pgmigrate_backfill_eta_seconds": ("gauge", "Estimated seconds until the pass completes."),
+    "pgmigrate_backfill_progress_ratio": ("gauge", "rows_done / rows_total (1 when the pass is complete)."),
+    "pgmigrate_backfill_batches_total": ("counter", "Batches committed in the current pass."),
+    "pgmigrate_backfill_retries_total": ("counter", "Batches retried (lock timeout, deadlock) in this run."),
+    "pgmigrate_backfill_holds_total": ("counter", "Health holds (replication lag, vacuum, archive backlog)."),
+    "pgmigrate_backfill_last_batch_seconds": ("gauge", "Duration of the last batch transaction."),
+    "pgmigrate_backfill_batch_size": ("gauge", "Current (adaptive) batch size."),
+    "pgmigrate_backfill_last_update_timestamp_seconds": ("gauge", "Unix time of the last progress update."),
+}
+
+
+class Progress:
+    """Thread-safe counters of one run, reported as JSON lines and Prometheus metrics."""
+
+    def __init__(self, spec: Spec, table: str, done_before: int, updated_before: int, batches_before: int,
+                 remaining_estimates: dict[int, int]) -> None:
+        self.spec = spec
+        self.table = table
+        self.lock = threading.Lock()
+        self.started = time.monotonic()
+        self.done_before = done_before
+        self.updated_before = updated_before
+        self.batches_before = batches_before
+        self.remaining = dict(remaining_estimates)  # per worker: estimate of keys left at the start
+        self.done_w = dict.fromkeys(remaining_estimates, 0)
+        self.finished_w: set[int] = set()
+        self.rows_done = 0
+        self.rows_updated = 0
+        self.batches = 0
+        self.retries = 0
+        self.holds = 0
+        self.hold_seconds = 0.0
+        self.hold_reasons: dict[str, int] = {}
+        self.batch_size = spec.batch_size
+        self.last_batch_ms = 0.0
+        self.max_batch_ms = 0.0
+        self.max_lock_ms = 0.0
+        self.last_emit = 0.0
+        self.finished = False
+        if spec.progress_file:
+            os.makedirs(os.path.dirname(os.path.abspath(spec.progress_file)), exist_ok=True)
+
+    # -- counters ------------------------------------------------------------------
+    def batch(self, worker: int, scanned: int, updated: int, batch_ms: float, lock_ms: float, size: int,
+              exhausted: bool) -> None:
+        with self.lock:
+            self.rows_done += scanned
+            self.rows_updated += updated
+            self.batches += 1
+            self.done_w[worker] = self.done_w.get(worker, 0) + scanned
+            if exhausted:
+                self.finished_w.add(worker)
+            self.batch_size = size
+            self.last_batch_ms = batch_ms
+            self.max_batch_ms = max(self.max_batch_ms, batch_ms)
+            self.max_lock_ms = max(self.max_lock_ms, lock_ms)
+        self.emit("batch")
+
+    def worker_finished(self, worker: int) -> None:
+        with self.lock:
+            self.finished_w.add(worker)
+
+    def retry(self, reason: str) -> None:
+        with self.lock:
+            self.retries += 1
+        self.emit("retry", force=True, reason=reason)
+
+    def hold(self, reason: str, new_episode: bool, waited: float) -> None:
+        with self.lock:
+            if new_episode:
+                self.holds += 1
+                kind = reason.split(":", 1)[0]
+                self.hold_reasons[kind] = self.hold_reasons.get(kind, 0) + 1
+            self.hold_seconds += waited
+        self.emit("hold", force=new_episode, reason=reason)
+
+    # -- derived figures -----------------------------------------------------------
+    def totals(self) -> dict:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        done = self.done_before + self.rows_done
+        left = sum(0 if w in self.finished_w else max(est - self.done_w.get(w, 0), 0)
+                   for w, est in self.remaining.items())
+        total = done + left
+        if self.finished:
+            total, left = done, 0
+        rate = self.rows_done / elapsed
+        eta = (left / rate) if rate > 0 else None
+        return {"rows_done": done, "rows_total": total, "rows_updated": self.updated_before + self.rows_updated,
+                "rate": round(rate, 1), "eta_s": None if eta is None else round(eta, 1),
+                "progress": round(done / total, 4) if total else 1.0, "elapsed_s": round(elapsed, 2)}
+
+    def emit(self, event: str, force: bool = False, **extra: Any) -> None:
+        now = time.monotonic()
+        with self.lock:
+            if not force and now - self.last_emit < self.spec.progress_interval_s:
+                return
+            self.last_emit = now
+            figures = self.totals()
+            line = {"ts": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+                    "backfill": self.spec.name, "table": self.table, "event": event, **figures,
+                    "batches": self.batches_before + self.batches, "batch_size": self.batch_size,
+                    "batch_ms": round(self.last_batch_ms, 1), "retries": self.retries, "holds": self.holds,
+                    **extra}
+            if self.spec.progress_file:
+                with open(self.spec.progress_file, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(line, default=str) + "\n")
+            if self.spec.metrics_file:
+                self._write_metrics(figures)
+
+    def _write_metrics(self, figures: dict) -> None:
+        labels = {"backfill": self.spec.name, "table": self.table}
+        values = {
+            "pgmigrate_backfill_rows_done": figures["rows_done"],
+            "pgmigrate_backfill_rows_total": figures["rows_total"],
+            "pgmigrate_backfill_rows_per_second": figures["rate"],
+            "pgmigrate_backfill_eta_seconds": figures["eta_s"] if figures["eta_s"] is not None else float("nan"),
+            "pgmigrate_backfill_progress_ratio": figures["progress"],
+            "pgmigrate_backfill_batches_total": self.batches_before + self.batches,
+            "pgmigrate_backfill_retries_total": self.retries,
+            "pgmigrate_backfill_holds_total": self.holds,
+            "pgmigrate_backfill_last_batch_seconds": round(self.last_batch_ms / 1000.0, 4),
+            "pgmigrate_backfill_batch_size": self.batch_size,
+            "pgmigrate_backfill_last_update_timestamp_seconds": round(time.time(), 3),
+        }
+        metrics = [{"name": name, "type": METRIC_HELP[name][0], "help": METRIC_HELP[name][1],
+                    "samples": [(labels, value)]} for name, value in values.items()]
+        try:
+            write_textfile(self.spec.metrics_file, metrics)
+        except OSError:
+            pass  # metrics are best effort; the JSON lines and the result still report progress
+
+
+# ---------------------------------------------------------------------------------------
+# Adaptive batch size
+# ---------------------------------------------------------------------------------------
+class BatchSizer:
+    """Toward ``target_batch_ms``: an exponential moving average of the time per row sets the
+    next size; shrink at once when a batch was slow (locks were held too long), grow by at
+    most 20 % per batch when it was fast, always within [min, max]."""
+
+    def __init__(self, spec: Spec, start: int | None = None) -> None:
+        self.min = spec.min_batch_size
+        self.max = max(spec.max_batch_size, self.min)
+        self.target = float(spec.target_batch_ms)
+        self.size = min(max(start or spec.batch_size, self.min), self.max)
+        self.ms_per_row: float | None = None
+
+    def observe(self, rows: int, ms: float) -> int:
+        if rows <= 0:
+            return self.size
+        sample = ms / rows
+        self.ms_per_row = sample if self.ms_per_row is None else 0.7 * self.ms_per_row + 0.3 * sample
+        ideal = self.target / max(self.ms_per_row, 1e-6)
+        if ms > self.target * 1.1 or ideal < self.size * 0.9:
+            new = max(ideal, self.size * 0.5)
+            new = min(new, self.size)
+        elif ideal > self.size * 1.1 and rows >= self.size:
+            new = min(ideal, self.size * 1.2)
+        else:
+            new = self.size
+        self.size = int(min(max(new, self.min), self.max))
+        return self.size
+
+    def halve(self) -> int:
+        self.size = max(self.min, self.size // 2)
+        return self.size
+
+
+# ---------------------------------------------------------------------------------------
+# Health holds
+# ---------------------------------------------------------------------------------------
+class HealthGate:
+    """Reasons to wait before the next batch; checked at most once per ``hold_poll_s``."""
+
+    def __init__(self, spec: Spec, target: Target) -> None:
+        self.spec = spec
+        self.target = target
+        self.lock = threading.Lock()
+        self.checked_at = 0.0
+        self.reason: str | None = None
+        self.notes: list[str] = []
+        self.archive_check = spec.max_archive_backlog is not None
+
+    @property
+    def enabled(self) -> bool:
+        return (self.spec.max_replication_lag_s is not None or self.spec.hold_on_autovacuum
+                or self.archive_check)
+
+    def check(self, conn) -> str | None:
+        if not self.enabled:
+            return None
+        with self.lock:
+            if time.monotonic() - self.checked_at < min(self.spec.hold_poll_s, 1.0):
+                return self.reason
+            self.reason = self._probe(conn)
+            self.checked_at = time.monotonic()
+            return self.reason
+
+    def _probe(self, conn) -> str | None:
+        spec = self.spec
+        with conn.cursor() as cur:
+            try:
+                if spec.max_replication_lag_s is not None:
+                    cur.execute("SELECT application_name, extract(epoch FROM greatest(write_lag, flush_lag, "
+                                "replay_lag))::float8 AS lag FROM pg_stat_replication "
+                                "ORDER BY lag DESC NULLS LAST LIMIT 1")
+                    row = cur.fetchone()
+                    if row and row[1] is not None and row[1] > spec.max_replication_lag_s:
+                        return (f"replication_lag: standby {row[0] or '?'} is {row[1]:.1f} s behind "
+                                f"(max_replication_lag_s={spec.max_replication_lag_s})")
+                if spec.hold_on_autovacuum:
+                    cur.execute("SELECT v.pid, coalesce(a.backend_type, '?'), v.phase FROM pg_stat_progress_vacuum v "
+                                "LEFT JOIN pg_stat_activity a ON a.pid = v.pid WHERE v.relid = %s LIMIT 1",
+                                (self.target.oid,))
+                    row = cur.fetchone()
+                    if row:
+                        return (f"vacuum: {row[1]} (pid {row[0]}) is vacuuming {self.target.label} "
+                                f"(phase {row[2]})")
+                if self.archive_check:
+                    cur.execute("SAVEPOINT archive_probe")
+                    try:
+                        cur.execute("SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE %s",
+                                    ("%.ready",))
+                        ready = cur.fetchone()[0]
+                        cur.execute("RELEASE SAVEPOINT archive_probe")
+                        if ready > spec.max_archive_backlog:
+                            return (f"archive_backlog: {ready} WAL segments wait to be archived "
+                                    f"(max_archive_backlog={spec.max_archive_backlog})")
+                    except psycopg2.Error as exc:
+                        cur.execute("ROLLBACK TO SAVEPOINT archive_probe")
+                        self.archive_check = False
+                        self.notes.append("WAL archive backlog is not checked: pg_ls_archive_statusdir() needs "
+                                          f"superuser or pg_monitor ({str(exc).strip().splitlines()[0]})")
+                return None
+            finally:
+                conn.rollback()
+
+
+# ---------------------------------------------------------------------------------------
+# The engine
+# ---------------------------------------------------------------------------------------
+@dataclass
+class WorkerState:
+    worker: int
+    range_lo: list | None
+    range_hi: list | None
+    last_key: list | None
+    status: str
+    batch_size: int | None
+
+
+class Backfill:
+    def __init__(self, spec: Spec, connect: Callable[[], Any]) -> None:
+        self.spec = spec
+        self.connect = connect
+        self.conn = connect()
+        self.target: Target | None = None
+        self.stmts: Statements | None = None
+        self.func: Callable | None = None
+        self.warnings: list[str] = []
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:
+            pass
+
+    # -- validation ----------------------------------------------------------------
+    def prepare(self) -> None:
+        spec = self.spec
+        if bool(spec.set) == bool(spec.python):
+            raise BackfillError(f"backfill {spec.name}: give exactly one of 'set' (SQL expressions per column) or "
+                                "'python' (module:function)")
+        if spec.python and not spec.columns:
+            raise BackfillError(f"backfill {spec.name}: a python transform needs 'columns' (the columns it writes)")
+        if spec.incremental and not (spec.incremental.get("hours") or spec.incremental.get("since_last_run")):
+            raise BackfillError(f"backfill {spec.name}: incremental needs 'hours' or 'since_last_run: true'")
+        if spec.min_batch_size > spec.max_batch_size:
+            raise BackfillError(f"backfill {spec.name}: min_batch_size ({spec.min_batch_size}) is larger than "
+                                f"max_batch_size ({spec.max_batch_size})")
+        with self.conn.cursor() as cur:
+            self.target = resolve_target(cur, spec)
+            check_key(cur, spec, self.target)
+            if spec.set:
+                require_columns(spec, self.target, list(spec.set), "column to set")
+            else:
+                require_columns(spec, self.target, list(spec.columns), "column to write")
+                if spec.read_columns:
+                    require_columns(spec, self.target, list(spec.read_columns), "column to read")
+            if spec.incremental:
+                spec.incremental.setdefault("column", "created_at")
+                require_columns(spec, self.target, [spec.incremental["column"]], "incremental column")
+            self.stmts = Statements(spec, self.target)
+            self.explain(cur)
+        self.conn.rollback()
+        if spec.python:
+            self.func = load_function(spec)
+
+    def explain(self, cur) -> None:
+        """Plan the statements once: a syntax error, an unknown column or a type mismatch in the
+        plan's SQL fails here, before anything is written (EXPLAIN does not execute)."""
+        cond, params = self.stmts.range_cond(None, None)
+        filt, fparams = self.stmts.filter_cond(self.now_param())
+        stmt = (self.stmts.sql_update(cond, filt) if self.spec.set
+                else self.stmts.select_for_update(cond, filt))
+        try:
+            cur.execute(sql.SQL("EXPLAIN ") + stmt, params + fparams)
+        except psycopg2.Error as exc:
+            self.conn.rollback()
+            text = str(exc).strip()
+            missing = "column" if getattr(exc, "pgcode", None) == "42703" else None
+            raise BackfillError(f"backfill {self.spec.name}: the SQL of the backfill does not plan: {text}. "
+                                "Fix 'set'/'where' in the plan; nothing was changed", missing=missing,
+                                sql=stmt.as_string(self.conn)) from exc
+
+    def now_param(self) -> datetime.datetime | None:
+        return datetime.datetime.now(datetime.timezone.utc) if self.spec.incremental else None
+
+    def statement_text(self) -> str:
+        lo = [f"<after {k}>" for k in self.target.key]
+        cond, _ = self.stmts.range_cond(lo, lo)
+        filt, _ = self.stmts.filter_cond(self.now_param())
+        stmt = self.stmts.sql_update(cond, filt) if self.spec.set else self.stmts.select_for_update(cond, filt)
+        text = stmt.as_string(self.conn)
+        return text.replace("%%", "%")
+
+    # -- check mode ------------------------------------------------------------------
+    def preview(self) -> dict:
+        spec = self.spec
+        with self.conn.cursor() as cur:
+            rows = read_checkpoints(cur, spec.ops_schema, spec.name)
+            since = self.incremental_since(cur, rows, preview=True)
+            filt, fparams = self.stmts.filter_cond(since)
+            where = filt if filt is not None else sql.SQL("true")
+            if self.target.reltuples > spec.check_count_limit:
+                cur.execute(sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} WHERE {}").format(
+                    self.target.ident, where), fparams)
+                count, method = int(cur.fetchone()[0][0]["Plan"]["Plan Rows"]), "planner estimate"
+            else:
+                cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(self.target.ident, where), fparams)
+                count, method = cur.fetchone()[0], "count"
+        self.conn.rollback()
+        return {"changed": count > 0, "would_update": count, "count_method": method,
+                "sql": self.statement_text(), "since": jsonable(since), "checkpoint": summarise_checkpoints(rows),
+                "msg": f"would update {count} row(s) of {self.target.label} in batches of {spec.batch_size} "
+                       f"({method})"}
+
+    # -- the run ---------------------------------------------------------------------
+    def incremental_since(self, cur, rows: list[dict], preview: bool = False) -> datetime.datetime | None:
+        inc = self.spec.incremental
+        if not inc:
+            return None
+        unfinished = [r for r in rows if r["status"] != "done"]
+        if unfinished and not self.spec.restart:
+            return unfinished[0]["since"]
+        if inc.get("since_last_run"):
+            last = rows[0]["last_success_at"] if rows else None
+            if last is not None:
+                return last
+            if not inc.get("hours"):
+                return None if preview else datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+        cur.execute("SELECT now() - make_interval(secs => %s)", (float(inc["hours"]) * 3600.0,))
+        return cur.fetchone()[0]
+
+    def take_advisory_lock(self, cur) -> None:
+        cur.execute("SELECT pg_try_advisory_lock(hashtext(%s), hashtext(%s))", (ADVISORY_CLASS, self.spec.name))
+        if cur.fetchone()[0]:
+            return
+        cur.execute("SELECT a.pid, a.application_name, a.client_addr::text, a.backend_start FROM pg_locks l "
+                    "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+                    "AND l.classid = hashtext(%s)::oid AND l.objid = hashtext(%s)::oid AND l.granted",
+                    (ADVISORY_CLASS, self.spec.name))
+        holder = cur.fetchone()
+        who = (f"server pid {holder[0]} ({holder[1]}, since {holder[3]:%Y-%m-%d %H:%M:%S})" if holder
+               else "another session")
+        raise BackfillError(f"backfill {self.spec.name} is already running in {who}; a second copy is refused so "
+                            "no batch is done twice. Wait for it to finish (tail its progress file), or end it "
+                            "(pg_terminate_backend) and rerun to resume from the checkpoint")
+
+    def start_pass(self, cur, rows: list[dict]) -> tuple[list[WorkerState], bool, datetime.datetime | None]:
+        """Resume the unfinished pass of this backfill, or start a new one."""
+        spec, ck = self.spec, checkpoint_ident(self.spec.ops_schema)
+        unfinished = [r for r in rows if r["status"] != "done"]
+        if unfinished and not spec.restart:
+            if rows[0]["definition_hash"] != spec.definition_hash():
+                raise BackfillError(f"backfill {spec.name}: an unfinished pass exists (checkpoint at "
+                                    f"{[r['last_key'] for r in unfinished]}) but the backfill's definition changed "
+                                    "since (table, key, set, python, where or incremental). Rerun with restart=true "
+                                    "to start a new pass (safe when 'where' skips migrated rows)",
+                                    checkpoint=summarise_checkpoints(rows))
+            cur.execute(sql.SQL("UPDATE {} SET status = 'running', run_id = coalesce(%s, run_id), last_error = NULL, "
+                                "updated_at = clock_timestamp() WHERE backfill = %s AND status = 'failed'").format(ck),
+                        (spec.run_id, spec.name))
+            states = [WorkerState(r["worker"], r["range_lo"], r["range_hi"], r["last_key"], "running",
+                                  r["batch_size"]) for r in unfinished]
+            return states, True, unfinished[0]["since"]
+        since = self.incremental_since(cur, rows)
+        last_success = rows[0]["last_success_at"] if rows else None
+        lo = self.incremental_start(cur, since) if since is not None else None
+        bounds = self.split(cur, lo, spec.workers)
+        ranges = list(zip([lo, *bounds], [*bounds, None]))
+        cur.execute(sql.SQL("DELETE FROM {} WHERE backfill = %s").format(ck), (spec.name,))
+        cur.execute("SELECT now()")
+        started = cur.fetchone()[0]
+        for worker, (rlo, rhi) in enumerate(ranges):
+            cur.execute(sql.SQL("INSERT INTO {} (backfill, worker, table_name, key_columns, definition_hash, "
+                                "range_lo, range_hi, status, run_id, since, pass_started_at, last_success_at, "
+                                "batch_size) VALUES (%s, %s, %s, %s, %s, %s, %s, 'running', %s, %s, %s, %s, %s)")
+                        .format(ck), (spec.name, worker, self.target.label, self.target.key, spec.definition_hash(),
+                                      rlo, rhi, spec.run_id, since, started, last_success, spec.batch_size))
+        states = [WorkerState(w, rlo, rhi, None, "running", spec.batch_size) for w, (rlo, rhi) in enumerate(ranges)]
+        return states, False, since
+
+    def incremental_start(self, cur, since) -> list | None:
+        """With a single-column key, start the pass just before the first key in the window."""
+        if self.stmts.composite:
+            return None
+        k = sql.Identifier(self.target.key[0])
+        cur.execute(sql.SQL("SELECT min({k}) FROM {t} WHERE {c} >= %s").format(
+            k=k, t=self.target.ident, c=sql.Identifier(self.spec.incremental["column"])), (since,))
+        first = cur.fetchone()[0]
+        if first is None:
+            return None
+        cur.execute(sql.SQL("SELECT max({k})::text FROM {t} WHERE {k} < %s").format(k=k, t=self.target.ident),
+                    (first,))
+        before = cur.fetchone()[0]
+        return None if before is None else [before]
+
+    def split(self, cur, lo: list | None, workers: int) -> list[list]:
+        """N-1 boundary keys that cut the remaining key space into N ranges of about equal size."""
+        if workers <= 1:
+            return []
+        cond, params = self.stmts.range_cond(lo, None)
+        cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(self.target.ident, cond), params)
+        total = cur.fetchone()[0]
+        bounds: list[list] = []
+        for i in range(1, workers):
+            offset = total * i // workers
+            if offset <= 0:
+                continue
+            cur.execute(self.stmts.key_bounds_by_offset(cond), params + [offset - 1])
+            row = cur.fetchone()
+            if row is not None and (not bounds or list(row) != bounds[-1]):
+                bounds.append(list(row))
+        return bounds
+
+    def estimate(self, cur, state: WorkerState) -> int:
+        cond, params = self.stmts.range_cond(state.last_key or state.range_lo, state.range_hi)
+        cur.execute(sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} WHERE {}").format(self.target.ident, cond),
+                    params)
+        return int(cur.fetchone()[0][0]["Plan"]["Plan Rows"])
+
+    def nothing_to_do(self, cur, since) -> bool:
+        filt, params = self.stmts.filter_cond(since)
+        if filt is None:
+            return False
+        cur.execute(sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {} WHERE {})").format(self.target.ident, filt), params)
+        return bool(cur.fetchone()[0])
+
+    def run(self) -> dict:
+        spec = self.spec
+        started = time.monotonic()
+        conn = self.conn
+        with conn.cursor() as cur:
+            self.take_advisory_lock(cur)
+            conn.commit()
+            ensure_checkpoint_table(cur, spec.ops_schema)
+            rows = read_checkpoints(cur, spec.ops_schema, spec.name)
+            states, resumed, since = self.start_pass(cur, rows)
+            conn.commit()
+            before = read_checkpoints(cur, spec.ops_schema, spec.name)
+            skip = not resumed and self.nothing_to_do(cur, since)
+            estimates = {s.worker: (0 if skip else self.estimate(cur, s)) for s in states}
+            conn.rollback()
+        progress = Progress(spec, self.target.label, sum(r["rows_done"] for r in before),
+                            sum(r["rows_updated"] for r in before), sum(r["batches"] for r in before), estimates)
+        self.progress = progress
+        progress.emit("resume" if resumed else "start", force=True, since=jsonable(since),
+                      workers=len(states))
+        error: BaseException | None = None
+        if skip:
+            self.finish_skipped(since)
+        else:
+            error = self.run_workers(states, since, progress)
+        with conn.cursor() as cur:
+            if error is None:
+                self.complete_pass(cur)
+            conn.commit()
+            after = read_checkpoints(cur, spec.ops_schema, spec.name)
+            conn.rollback()
+        progress.finished = error is None
+        progress.emit("failed" if error else "done", force=True,
+                      **({"error": getattr(error, "msg", str(error))} if error else {}))
+        result = {
+            "changed": progress.rows_updated > 0,
+            "rows_updated": progress.rows_updated,
+            "rows_done": progress.rows_done,
+            "rows_total": progress.totals()["rows_total"],
+            "batches": progress.batches,
+            "duration_s": round(time.monotonic() - started, 3),
+            "retries": progress.retries,
+            "holds": {"count": progress.holds, "seconds": round(progress.hold_seconds, 1),
+                      "reasons": progress.hold_reasons},
+            "max_batch_ms": round(progress.max_batch_ms, 1),
+            "max_lock_ms": round(progress.max_lock_ms, 1),
+            "batch_size": progress.batch_size,
+            "workers": len(states),
+            "resumed": resumed,
+            "skipped_scan": skip,
+            "since": jsonable(since),
+            "checkpoint": summarise_checkpoints(after),
+            "sql": self.statement_text(),
+            "progress_file": spec.progress_file,
+            "metrics_file": spec.metrics_file,
+        }
+        elapsed = max(result["duration_s"], 1e-6)
+        result["rows_per_s"] = round(progress.rows_done / elapsed, 1)
+        if error is not None:
+            raise BackfillError(getattr(error, "msg", str(error)), **result)
+        verb = "resumed and finished" if resumed else "finished"
+        result["msg"] = (f"backfill {spec.name} {verb}: {progress.rows_updated} row(s) updated, "
+                         f"{progress.rows_done} scanned in {progress.batches} batch(es), {result['duration_s']} s, "
+                         f"{progress.retries} retr{'y' if progress.retries == 1 else 'ies'}, {progress.holds} hold(s)")
+        return result
+
+    def finish_skipped(self, since) -> None:
+        """No row matches the filter: the pass is complete without scanning the key space."""
+        with self.conn.cursor() as cur:
+            cur.execute(sql.SQL("UPDATE {} SET status = 'done', updated_at = clock_timestamp(), finished_at = "
+                                "clock_timestamp() WHERE backfill = %s").format(checkpoint_ident(self.spec.ops_schema)),
+                        (self.spec.name,))
+        self.conn.commit()
+
+    def complete_pass(self, cur) -> None:
+        ck = checkpoint_ident(self.spec.ops_schema)
+        cur.execute(sql.SQL("SELECT count(*) FILTER (WHERE status <> 'done') FROM {} WHERE backfill = %s").format(ck),
+                    (self.spec.name,))
+        if cur.fetchone()[0] == 0:
+            cur.execute(sql.SQL("UPDATE {} SET last_success_at = pass_started_at, finished_at = "
+                                "coalesce(finished_at, clock_timestamp()) WHERE backfill = %s").format(ck),
+                        (self.spec.name,))
+
+    def run_workers(self, states: list[WorkerState], since, progress: Progress) -> BaseException | None:
+        stop = threading.Event()
+        errors: list[BaseException] = []
+        gate = HealthGate(self.spec, self.target)
+        self.gate = gate
+
+        def work(state: WorkerState) -> None:
+            try:
+                Worker(self, state, since, progress, gate, stop).run()
+            except BaseException as exc:  # reported by the module; other workers stop after their batch
+                errors.append(exc)
+                stop.set()
+
+        if len(states) == 1:
+            work(states[0])
+        else:
+            threads = [threading.Thread(target=work, args=(s,), name=f"backfill-worker-{s.worker}", daemon=True)
+                       for s in states]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        self.warnings.extend(gate.notes)
+        return errors[0] if errors else None
+
+
+class Worker:
+    """One connection walking one key range batch by batch."""
+
+    def __init__(self, engine: Backfill, state: WorkerState, since, progress: Progress, gate: HealthGate,
+                 stop: threading.Event) -> None:
+        self.engine = engine
+        self.spec = engine.spec
+        self.stmts = engine.stmts
+        self.state = state
+        self.since = since
+        self.progress = progress
+        self.gate = gate
+        self.stop = stop
+        self.sizer = BatchSizer(self.spec, self.spec.batch_size if state.batch_size is None else state.batch_size)
+        self.ck = checkpoint_ident(self.spec.ops_schema)
+        self.filt, self.fparams = self.stmts.filter_cond(since)
+
+    def run(self) -> None:
+        conn = self.engine.connect()
+        try:
+            if self.spec.python:
+                with conn.cursor() as cur:
+                    cur.execute(self.stmts.create_temp())
+                conn.commit()
+            consecutive_retries = 0
+            while not self.stop.is_set():
+                self.wait_until_healthy(conn)
+                try:
+                    exhausted = self.batch(conn)
+                    consecutive_retries = 0
+                except BackfillError as exc:
+                    self.safe_rollback(conn)
+                    self.fail(conn, f"batch after key {self.state.last_key} failed: {exc.msg}")
+                except psycopg2.Error as exc:
+                    self.safe_rollback(conn)
+                    why = RETRYABLE_SQLSTATES.get(getattr(exc, "pgcode", None) or "")
+                    if why is None:
+                        raise
+                    consecutive_retries += 1
+                    if consecutive_retries > self.spec.max_retries:
+                        self.fail(conn, f"{why}: {consecutive_retries - 1} retries in a row failed "
+                                        f"(batch size down to {self.sizer.size}); last error: "
+                                        f"{str(exc).strip().splitlines()[0]}")
+                    size = self.sizer.halve()
+                    self.progress.retry(f"{why}; retrying with batch size {size}")
+                    time.sleep(min(0.05 * 2 ** consecutive_retries, 2.0))
+                    continue
+                if exhausted:
+                    self.progress.worker_finished(self.state.worker)
+                    return
+                if self.spec.pause_ms:
+                    time.sleep(self.spec.pause_ms / 1000.0)
+        except BackfillError:
+            raise
+        except Exception as exc:  # SQL errors at run time (a cast, a constraint), a broken connection
+            self.safe_rollback(conn)
+            self.fail(conn, f"batch after key {self.state.last_key} failed: {type(exc).__name__}: "
+                            f"{str(exc).strip()}")
+        finally:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    def safe_rollback(self, conn) -> None:
+        try:
+            conn.rollback()
+        except Exception:
+            pass
+
+    def fail(self, conn, text: str) -> None:
+        """Record where the pass stopped (the failed batch rolled back) and raise for the operator."""
+        spec = self.spec
+        msg = (f"backfill {spec.name} stopped: {text}. The failed batch was rolled back; the "
+               f"{self.progress.batches} batch(es) before it are committed and the checkpoint of worker "
+               f"{self.state.worker} is at key {self.state.last_key}. Fix the cause and rerun: it resumes there")
+        try:
+            if conn.closed:
+                raise psycopg2.InterfaceError("connection closed")
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("UPDATE {} SET status = 'failed', last_error = %s, updated_at = clock_timestamp() "
+                                    "WHERE backfill = %s AND worker = %s").format(self.ck),
+                            (text[:2000], spec.name, self.state.worker))
+            conn.commit()
+        except Exception:
+            msg += " (the checkpoint could not be marked failed: the connection is gone; it still holds the last " \
+                   "committed batch)"
+        raise BackfillError(msg)
+
+    def wait_until_healthy(self, conn) -> None:
+        episode_start = None
+        while not self.stop.is_set():
+            reason = self.gate.check(conn)
+            if reason is None:
+                return
+            now = time.monotonic()
+            new = episode_start is None
+            if new:
+                episode_start = now
+            elif now - episode_start > self.spec.max_hold_s:
+                self.fail(conn, f"held for more than max_hold_s={self.spec.max_hold_s:g} s: {reason}")
+            self.progress.hold(reason, new, 0.0 if new else self.spec.hold_poll_s)
+            time.sleep(self.spec.hold_poll_s)
+
+    def batch(self, conn) -> bool:
+        """One transaction: find the range, update it, move the checkpoint.  True when the range is exhausted."""
+        spec, state, stmts = self.spec, self.state, self.stmts
+        size = self.sizer.size
+        t0 = time.monotonic()
+        cur = conn.cursor()
+        cur.execute("SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+                    (spec.lock_timeout, spec.statement_timeout))
+        lo = state.last_key if state.last_key is not None else state.range_lo
+        cond, params = stmts.range_cond(lo, state.range_hi)
+        cur.execute(stmts.boundary(cond), params + [size])
+        row = cur.fetchone()
+        if row is None:
+            scanned, hi, exhausted = 0, state.range_hi, True
+        else:
+            scanned = row[-1]
+            exhausted = scanned < size
+            hi = state.range_hi if exhausted else list(row[:-1])
+        t_lock = time.monotonic()
+        updated = 0
+        if scanned:
+            updated = self.sql_batch(cur, lo, hi) if spec.set else self.python_batch(cur, lo, hi)
+        new_last = hi if hi is not None else (list(row[:-1]) if row is not None else state.last_key)
+        cur.execute(sql.SQL("UPDATE {} SET last_key = %s, rows_done = rows_done + %s, "
+                            "rows_updated = rows_updated + %s, batches = batches + %s, batch_size = %s, status = %s, "
+                            "updated_at = clock_timestamp(), "
+                            "finished_at = CASE WHEN %s THEN clock_timestamp() END, run_id = coalesce(%s, run_id) "
+                            "WHERE backfill = %s AND worker = %s").format(self.ck),
+                    (new_last, scanned, updated, 1 if scanned else 0, size, "done" if exhausted else "running",
+                     exhausted, spec.run_id, spec.name, state.worker))
+        conn.commit()
+        t1 = time.monotonic()
+        state.last_key = new_last
+        batch_ms, lock_ms = (t1 - t0) * 1000.0, (t1 - t_lock) * 1000.0
+        if scanned:
+            self.sizer.observe(scanned, batch_ms)
+        self.progress.batch(state.worker, scanned, updated, batch_ms, lock_ms, self.sizer.size, exhausted)
+        return exhausted
+
+    def sql_batch(self, cur, lo, hi) -> int:
+        cond, params = self.stmts.range_cond(lo, hi)
+        cur.execute(self.stmts.sql_update(cond, self.filt), params + self.fparams)
+        return cur.rowcount
+
+    def python_batch(self, cur, lo, hi) -> int:
+        cond, params = self.stmts.range_cond(lo, hi)
+        cur.execute(self.stmts.select_for_update(cond, self.filt), params + self.fparams)
+        names = [d[0] for d in cur.description]
+        rows = [dict(zip(names, r)) for r in cur.fetchall()]
+        if not rows:
+            return 0
+        try:
+            results = self.engine.func(rows)
+        except Exception as exc:
+            raise BackfillError(f"python transform {self.spec.python} raised {type(exc).__name__}: {exc}") from exc
+        columns = self.stmts.write_columns()
+        buf = io.StringIO()
+        write = buf.write
+        count = 0
+        try:
+            for item in results or ():
+                write("\t".join([copy_value(item[c]) for c in columns]))
+                write("\n")
+                count += 1
+        except (KeyError, TypeError) as exc:
+            raise BackfillError(f"python transform {self.spec.python} returned an item without {exc} (each item "
+                                f"must be a dict with {columns})") from exc
+        if not count:
+            return 0
+        buf.seek(0)
+        cur.copy_expert(self.stmts.copy_in(), buf, size=1 << 20)
+        tcond, tparams = self.stmts.range_cond(lo, hi, alias="t")
+        cur.execute(self.stmts.python_update(tcond), tparams)
+        return cur.rowcount
