@@ -11,20 +11,22 @@ want_services=0
 
 say() { printf '[bootstrap] %s\n' "$*"; }
 
+usable() {  # a Python that really runs (pyenv shims may exist and fail) and is >= 3.12
+  "$1" -c 'import sys, venv; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1
+}
+
 find_python() {
   local c v
-  for c in "${PGMIGRATE_PYTHON:-}" python3.13 python3.12; do
-    [[ -n "$c" ]] && command -v "$c" >/dev/null 2>&1 && { command -v "$c"; return; }
-  done
+  if [[ -n "${PGMIGRATE_PYTHON:-}" ]] && usable "$PGMIGRATE_PYTHON"; then echo "$PGMIGRATE_PYTHON"; return; fi
   if command -v pyenv >/dev/null 2>&1; then
     for v in $(pyenv versions --bare 2>/dev/null | grep -E '^3\.1[2-9]' | sort -V -r); do
-      [[ -x "$(pyenv prefix "$v")/bin/python3" ]] && { echo "$(pyenv prefix "$v")/bin/python3"; return; }
+      c="$(pyenv prefix "$v" 2>/dev/null)/bin/python3"
+      usable "$c" && { echo "$c"; return; }
     done
   fi
-  for c in python3 /usr/bin/python3; do
-    if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 12))'; then
-      command -v "$c"; return
-    fi
+  for c in python3.13 python3.12 python3 /usr/bin/python3; do
+    c=$(command -v "$c" 2>/dev/null) || continue
+    usable "$c" && { echo "$c"; return; }
   done
   return 1
 }
