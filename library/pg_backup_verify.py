@@ -286,10 +286,12 @@ def main() -> None:
     v = Verification(module)
     manifest = None
     try:
+        if os.path.exists(p["manifest_path"]):
+            manifest = read_manifest(p["manifest_path"])
         if not os.path.lexists(p["backup_path"]):
             raise BackupError(f"backup file {p['backup_path']} is missing; it was moved or deleted after the dump "
                               "(take a new backup)")
-        manifest = read_manifest(p["manifest_path"])
+        manifest = manifest or read_manifest(p["manifest_path"])
         if p["run_id"] is not None and manifest.get("run_id") != p["run_id"]:
             raise BackupError(f"{p['backup_path']} belongs to run #{manifest.get('run_id')}, not to run "
                               f"#{p['run_id']}: the gate needs this run's backup")
