@@ -79,4 +79,4 @@ say "installing requirements.txt into .venv"
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -r requirements.txt
 echo "$sum" > "$stamp"
-say "ready: $(.venv/bin/ansible --version | head -1)"
+say "ready: $(.venv/bin/ansible --version 2>/dev/null | sed -n 1p)"
