@@ -64,6 +64,11 @@ options:
   baseline_run_id:
     description: Run whose recorded baseline to use (with O(baseline_version) unset or set).
     type: int
+  baseline_fallback:
+    description: Row counts used when neither O(baseline) nor the ledger has a baseline (for example taken earlier in
+      the same play, or from the backup's manifest).
+    type: dict
+    default: {}
   tables:
     description: With O(mode=baseline), the tables to count.
     type: list
@@ -279,6 +284,8 @@ def run_validate(module, cur, p: dict) -> dict:
     baseline, source = dict(p["baseline"] or {}), "argument"
     if not baseline and (p["baseline_version"] or p["baseline_run_id"]):
         baseline, source = ledger_baseline(cur, p["ops_schema"], p["baseline_version"], p["baseline_run_id"])
+    if not baseline and p["baseline_fallback"]:
+        baseline, source = dict(p["baseline_fallback"]), "fallback"
     if not baseline:
         source = "none"
     checks = list(p["checks"])
@@ -346,6 +353,7 @@ def main() -> None:
         baseline=dict(type="dict", default={}),
         baseline_version=dict(type="str"),
         baseline_run_id=dict(type="int"),
+        baseline_fallback=dict(type="dict", default={}),
         tables=dict(type="list", elements="str", default=[]),
         statement_timeout=dict(type="str", default="5min"),
         fail_on_failed_checks=dict(type="bool", default=True),
