@@ -47,7 +47,7 @@ class _MailHandler:
     def __init__(self, store: list) -> None:
         self.store = store
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
+    async def handle_DATA(self, server, session, envelope):
         self.store.append({"from": envelope.mail_from, "to": list(envelope.rcpt_tos),
                            "data": envelope.content.decode(errors="replace")})
         return "250 OK"

@@ -54,7 +54,8 @@ def demo_vars(pg, db, tmp_path, **extra) -> dict:
     return {**pg.conn_vars(db), "version": "2.0.0", "pgmigrate_db_sslmode": "disable",
             "pgmigrate_state_dir": str(tmp_path / "state"), "pgmigrate_log_dir": str(tmp_path / "logs"),
             "pgmigrate_report_dir": str(tmp_path / "reports"), "pgmigrate_docs_dir": str(tmp_path / "docs"),
-            "pgmigrate_environment": "test", "pgmigrate_app_url": "", "validate_perf_requests": 40, "validate_perf_concurrency": 2,
+            "pgmigrate_environment": "test", "pgmigrate_app_url": "", "validate_perf_requests": 40,
+            "validate_perf_concurrency": 2,
             **extra}
 
 
@@ -150,7 +151,7 @@ def test_failed_validation_fails_the_run_publishes_and_notifies(pg, reference_db
     assert res.rc != 0
     assert "Validation failed" in res.output and "schema_matches_plan" in res.output
     assert "functional checks SKIPPED" in res.output.replace("Functional", "functional")
-    run_id, status = query(pg, reference_db, "SELECT id, status FROM migration_ops.runs ORDER BY id DESC LIMIT 1")[0]
+    status = query(pg, reference_db, "SELECT status FROM migration_ops.runs ORDER BY id DESC LIMIT 1")[0][0]
     assert status == "failed"
     metrics = parse_prom((tmp_path / "logs" / "metrics" / "pgmigrate_run.prom").read_text())
     labels = frozenset({("version", "2.0.0"), ("environment", "test")})
