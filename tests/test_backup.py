@@ -25,7 +25,7 @@ def query(pg, db, stmt, params=()):
     conn = pg.connect(db)
     try:
         with conn.cursor() as cur:
-            cur.execute(stmt, params)
+            cur.execute(stmt, params or None)
             return cur.fetchall() if cur.description else None
     finally:
         conn.close()
