@@ -2,6 +2,8 @@
 every POST, and an SMTP server (aiosmtpd) that records every mail."""
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -48,8 +50,11 @@ class _MailHandler:
         self.store = store
 
     async def handle_DATA(self, server, session, envelope):
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        # Decoded subject and body (quoted-printable would hide a secret from a plain search).
         self.store.append({"from": envelope.mail_from, "to": list(envelope.rcpt_tos),
-                           "data": envelope.content.decode(errors="replace")})
+                           "raw": envelope.content.decode(errors="replace"),
+                           "data": f"Subject: {message['Subject']}\n{message.get_content()}"})
         return "250 OK"
 
 
