@@ -1,0 +1,406 @@
+"""pg_batch_update against a real PostgreSQL, through real ansible-playbook runs.
+
+Every backfill is compared row by row with a reference: the plan's SQL expressions
+applied by one set-based UPDATE on an identical copy of the database.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, VENV_BIN, alembic, ansible_env, conn_args, run_module, write_vars
+
+PLAN = yaml.safe_load((ROOT / "migrations" / "2.0.0.yml").read_text())
+BACKFILL = PLAN["backfills"][0]
+ACCURACY_SQL = BACKFILL["set"]["model_accuracy"]
+APP_DIR = str(ROOT / "examples" / "football_prediction")
+METRIC_NAMES = ["pgmigrate_backfill_rows_done", "pgmigrate_backfill_rows_total", "pgmigrate_backfill_rows_per_second",
+                "pgmigrate_backfill_eta_seconds", "pgmigrate_backfill_progress_ratio",
+                "pgmigrate_backfill_batches_total", "pgmigrate_backfill_retries_total",
+                "pgmigrate_backfill_holds_total", "pgmigrate_backfill_last_batch_seconds",
+                "pgmigrate_backfill_batch_size", "pgmigrate_backfill_last_update_timestamp_seconds"]
+
+# Transforms used only by the tests (written to a temp dir and put on python_path).
+TEST_TRANSFORMS = '''
+import os
+import time
+import transforms
+
+
+def slow_accuracy(rows):
+    time.sleep(0.03)
+    return transforms.prediction_accuracy(rows)
+
+
+def fails_at_1500(rows):
+    if any(r["id"] >= 1500 for r in rows):
+        raise ValueError("cannot score prediction 1500")
+    return transforms.prediction_accuracy(rows)
+'''
+
+
+@pytest.fixture(scope="module")
+def v2_template(pg, reference_template):
+    """The reference database (3,000 predictions) at revision v2_0_0, before any backfill."""
+    name = pg.create_database(template=reference_template)
+    alembic(pg, name, "upgrade", "v2_0_0")
+    return name
+
+
+@pytest.fixture
+def v2_db(pg, v2_template):
+    name = pg.create_database(template=v2_template)
+    yield name
+    pg.drop_database(name)
+
+
+@pytest.fixture
+def reference_rows(pg, v2_template):
+    """Rows after the plan's expressions applied by one set-based UPDATE."""
+    name = pg.create_database(template=v2_template)
+    conn = pg.connect(name)
+    with conn.cursor() as cur:
+        assignments = ", ".join(f"{col} = {expr}" for col, expr in BACKFILL["set"].items())
+        cur.execute(f"UPDATE predictions SET {assignments}")
+    conn.close()
+    rows = snapshot(pg, name)
+    pg.drop_database(name)
+    return rows
+
+
+@pytest.fixture
+def helpers(tmp_path):
+    d = tmp_path / "helpers"
+    d.mkdir()
+    (d / "test_only_transforms.py").write_text(TEST_TRANSFORMS)
+    return str(d)
+
+
+def query(pg, db, text, params=()):
+    conn = pg.connect(db)
+    with conn.cursor() as cur:
+        cur.execute(text, params)
+        rows = cur.fetchall() if cur.description else None
+    conn.close()
+    return rows
+
+
+def snapshot(pg, db):
+    return query(pg, db, "SELECT id, model_accuracy, feature_importance::text, confidence FROM predictions ORDER BY id")
+
+
+def checksum(pg, db, table="predictions"):
+    return query(pg, db, f"SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM {table} t")[0][0]
+
+
+def checkpoints(pg, db, name):
+    return query(pg, db, "SELECT worker, status, rows_done, rows_updated, batches, last_key FROM "
+                         "migration_ops.batch_checkpoints WHERE backfill = %s ORDER BY worker", (name,))
+
+
+def plan_args(pg, db, tmp_path, **extra):
+    args = {**conn_args(pg, db), "name": BACKFILL["name"], "table": BACKFILL["table"], "key": BACKFILL["key"],
+            "set": BACKFILL["set"], "where": BACKFILL["where"], "batch_size": 400, "min_batch_size": 50,
+            "progress_file": str(tmp_path / "progress.jsonl"), "metrics_file": str(tmp_path / "m" / "bf.prom"),
+            "progress_interval_s": 0}
+    args.update(extra)
+    return args
+
+
+def python_args(pg, db, tmp_path, function="transforms:prediction_accuracy", **extra):
+    args = plan_args(pg, db, tmp_path, **extra)
+    args.pop("set")
+    args.update(python=function, python_path=[APP_DIR, *args.pop("extra_path", [])],
+                columns=["model_accuracy", "feature_importance"])
+    return args
+
+
+# ---------------------------------------------------------------------------------------
+def test_sql_backfill_equals_single_update_and_reruns_as_noop(pg, v2_db, reference_rows, tmp_path):
+    first = run_module("pg_batch_update", plan_args(pg, v2_db, tmp_path), tmp_path)
+    assert first.get("failed") is not True, first.get("msg")
+    assert first["changed"] is True and first["rows_updated"] == 3000 and first["rows_done"] == 3000
+    assert first["batches"] >= 3 and first["checkpoint"]["status"] == "done"
+    assert snapshot(pg, v2_db) == reference_rows
+
+    lines = [json.loads(x) for x in (tmp_path / "progress.jsonl").read_text().splitlines()]
+    assert lines[0]["event"] == "start" and lines[-1]["event"] == "done"
+    assert {"ts", "backfill", "rows_done", "rows_total", "rate", "eta_s", "batch_size", "batch_ms",
+            "holds"} <= set(lines[-1])
+    assert lines[-1]["rows_done"] == lines[-1]["rows_total"] == 3000
+    prom = (tmp_path / "m" / "bf.prom").read_text()
+    for name in METRIC_NAMES:
+        assert f'{name}{{backfill="predictions_accuracy",table="public.predictions"}} ' in prom, name
+    assert 'pgmigrate_backfill_progress_ratio{backfill="predictions_accuracy",table="public.predictions"} 1.0' in prom
+
+    second = run_module("pg_batch_update", plan_args(pg, v2_db, tmp_path), tmp_path)
+    assert second["changed"] is False and second["rows_updated"] == 0
+    assert snapshot(pg, v2_db) == reference_rows
+
+
+def test_python_transform_with_workers_equals_single_update(pg, v2_db, reference_rows, tmp_path):
+    res = run_module("pg_batch_update", python_args(pg, v2_db, tmp_path, workers=3), tmp_path)
+    assert res.get("failed") is not True, res.get("msg")
+    assert res["rows_updated"] == 3000 and res["workers"] == 3
+    assert snapshot(pg, v2_db) == reference_rows
+    rows = checkpoints(pg, v2_db, BACKFILL["name"])
+    assert len(rows) == 3 and all(r[1] == "done" for r in rows) and all(r[2] > 0 for r in rows)
+    assert sum(r[2] for r in rows) == 3000 and sum(r[3] for r in rows) == 3000
+
+
+def test_composite_key_and_incremental_window(pg, v2_db, tmp_path):
+    conn = pg.connect(v2_db)
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE scores (season int NOT NULL, team text NOT NULL, points int, label text, "
+                    "created_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (season, team))")
+        cur.execute("INSERT INTO scores (season, team, points, created_at) SELECT s, 'team ' || t, s * t, "
+                    "now() - (t || ' hours')::interval FROM generate_series(1, 20) s, generate_series(1, 50) t")
+    conn.close()
+    args = {**conn_args(pg, v2_db), "name": "scores_label", "table": "scores", "batch_size": 70, "min_batch_size": 70,
+            "max_batch_size": 70,
+            "set": {"label": "team || '@' || season || ':' || points"}}
+    res = run_module("pg_batch_update", args, tmp_path)
+    assert res["rows_updated"] == 1000 and res["batches"] >= 14
+    assert query(pg, v2_db, "SELECT count(*) FROM scores WHERE label = team || '@' || season || ':' || points")[0][0] \
+        == 1000
+
+    # Incremental: only rows created in the last 10.5 hours (t <= 10), on another column.
+    inc = dict(args, name="scores_recent", set={"points": "points + 100000"}, incremental={"hours": 10.5})
+    res = run_module("pg_batch_update", inc, tmp_path)
+    assert res["rows_updated"] == 200
+    assert query(pg, v2_db, "SELECT count(*) FROM scores WHERE points >= 100000")[0][0] == 200
+
+    # since_last_run: the first run takes everything, the next only rows created after the first started.
+    since = dict(args, name="scores_since", set={"points": "points + 1"}, incremental={"since_last_run": True})
+    assert run_module("pg_batch_update", since, tmp_path)["rows_updated"] == 1000
+    query(pg, v2_db, "INSERT INTO scores (season, team, points) VALUES (99, 'new', 0)")
+    res = run_module("pg_batch_update", since, tmp_path)
+    assert res["rows_updated"] == 1
+    assert query(pg, v2_db, "SELECT points FROM scores WHERE season = 99")[0][0] == 1
+
+
+def test_check_mode_counts_and_changes_nothing(pg, v2_db, tmp_path):
+    before = checksum(pg, v2_db)
+    res = run_module("pg_batch_update", plan_args(pg, v2_db, tmp_path), tmp_path, check=True)
+    assert res["changed"] is True and res["would_update"] == 3000
+    assert 'UPDATE "public"."predictions" SET "model_accuracy"' in res["sql"]
+    assert checksum(pg, v2_db) == before
+    assert query(pg, v2_db, "SELECT count(*) FROM pg_namespace WHERE nspname = 'migration_ops'")[0][0] == 0
+    py = run_module("pg_batch_update", python_args(pg, v2_db, tmp_path, where="actual_result IS NOT NULL"),
+                    tmp_path, check=True)
+    assert py["would_update"] == query(pg, v2_db, "SELECT count(*) FROM predictions WHERE actual_result IS NOT "
+                                                  "NULL")[0][0]
+    assert checksum(pg, v2_db) == before
+
+
+@pytest.mark.parametrize(("label", "change", "expected"), [
+    ("hostile table", {"table": "predictions; DROP TABLE teams"}, "does not exist"),
+    ("hostile column", {"set": {'model_accuracy" = 0; --': "1"}}, "does not exist in table public.predictions"),
+    ("unknown column", {"set": {"model_acuracy": "1"}}, "'model_acuracy' does not exist"),
+    ("syntax error", {"set": {"model_accuracy": "1 + (draw_prob"}}, "does not plan: syntax error"),
+    ("unknown column in expression", {"where": "no_such_column IS NULL"}, "no_such_column"),
+    ("type mismatch", {"set": {"feature_importance": "draw_prob"}}, "is of type jsonb"),
+    ("non-unique key", {"key": ["match_id"]}, "is not unique"),
+    ("nullable key", {"key": ["actual_result"]}, "nullable"),
+    ("missing function", {"python": "transforms:no_such_function", "columns": ["model_accuracy"], "set": None},
+     "has no function 'no_such_function'"),
+])
+def test_bad_input_fails_clearly_and_changes_nothing(pg, v2_db, tmp_path, label, change, expected):
+    before = {t: checksum(pg, v2_db, t) for t in ("predictions", "teams")}
+    args = plan_args(pg, v2_db, tmp_path, python_path=[APP_DIR])
+    args.update(change)
+    args = {k: v for k, v in args.items() if v is not None}
+    res = run_module("pg_batch_update", args, tmp_path)
+    assert res.get("failed") is True, label
+    assert expected in res["msg"], res["msg"]
+    assert "Traceback" not in res["msg"]
+    assert {t: checksum(pg, v2_db, t) for t in ("predictions", "teams")} == before
+    assert query(pg, v2_db, "SELECT count(*) FROM pg_namespace WHERE nspname = 'migration_ops'")[0][0] == 0
+
+
+def test_function_that_raises_keeps_earlier_batches(pg, v2_db, reference_rows, tmp_path, helpers):
+    args = python_args(pg, v2_db, tmp_path, function="test_only_transforms:fails_at_1500", extra_path=[helpers],
+                       batch_size=200, min_batch_size=200, max_batch_size=200)
+    res = run_module("pg_batch_update", args, tmp_path)
+    assert res.get("failed") is True
+    assert "ValueError: cannot score prediction 1500" in res["msg"] and "rerun" in res["msg"]
+    ck = res["checkpoint"]
+    assert ck["status"] == "failed" and "cannot score prediction 1500" in ck["last_error"]
+    last = int(ck["ranges"][0]["last_key"][0])
+    assert last < 1500 and ck["rows_done"] == last == ck["rows_updated"]
+    done = query(pg, v2_db, "SELECT max(id), count(*) FROM predictions WHERE feature_importance IS NOT NULL")[0]
+    assert done == (last, last)  # every batch before the failing one stayed, the failing one rolled back
+    ref = {r[0]: r for r in reference_rows}
+    assert all(row == ref[row[0]] for row in snapshot(pg, v2_db) if row[0] <= last)
+
+    # The operator fixes the function (same name, new code): the rerun resumes after the checkpoint.
+    (Path(helpers) / "test_only_transforms.py").write_text(
+        TEST_TRANSFORMS.replace('raise ValueError("cannot score prediction 1500")', "pass"))
+    fixed = run_module("pg_batch_update", args, tmp_path)
+    assert fixed["resumed"] is True and fixed["rows_done"] == 3000 - last
+    assert snapshot(pg, v2_db) == reference_rows
+
+
+def test_lock_timeout_halves_the_batch_and_retries(pg, v2_db, reference_rows, tmp_path):
+    blocker = pg.connect(v2_db, autocommit=False)
+    with blocker.cursor() as cur:
+        cur.execute("SELECT id FROM predictions WHERE id = 1700 FOR UPDATE")
+    timer = threading.Timer(3.0, blocker.rollback)
+    timer.start()
+    try:
+        res = run_module("pg_batch_update", plan_args(pg, v2_db, tmp_path, lock_timeout="200ms"), tmp_path)
+    finally:
+        timer.join()
+        blocker.close()
+    assert res.get("failed") is not True, res.get("msg")
+    assert res["retries"] >= 1 and res["rows_updated"] == 3000
+    assert snapshot(pg, v2_db) == reference_rows
+    events = [json.loads(x)["event"] for x in (tmp_path / "progress.jsonl").read_text().splitlines()]
+    assert "retry" in events
+
+
+def test_concurrent_result_updates_never_leave_a_stale_accuracy(pg, v2_db, tmp_path, helpers):
+    """A writer (the 2.0.0 app) sets actual_result and its accuracy while the Python backfill runs."""
+    stop = threading.Event()
+    written: list[int] = []
+    # The writer's accuracy is computed from the result it writes (v.r), as the 2.0.0 app does.
+    writer_accuracy = ACCURACY_SQL.replace("actual_result", "v.r")
+    thread = threading.Thread(target=lambda: writer_loop(pg, v2_db, stop, written, writer_accuracy))
+    thread.start()
+    try:
+        res = run_module("pg_batch_update", python_args(pg, v2_db, tmp_path, function="test_only_transforms:"
+                                                        "slow_accuracy", extra_path=[helpers], batch_size=60,
+                                                        min_batch_size=60, max_batch_size=60), tmp_path)
+    finally:
+        stop.set()
+        thread.join()
+    assert res.get("failed") is not True, res.get("msg")
+    assert len(written) > 100
+    stale = query(pg, v2_db, f"SELECT count(*) FROM predictions WHERE model_accuracy IS DISTINCT FROM ({ACCURACY_SQL})")
+    assert stale[0][0] == 0
+
+
+def writer_loop(pg, db, stop, written, accuracy_expr):
+    conn = pg.connect(db)
+    rng = random.Random(5)
+    with conn.cursor() as cur:
+        while not stop.is_set():
+            pid, result = rng.randint(1, 3000), rng.choice("HDA")
+            cur.execute(f"UPDATE predictions SET actual_result = v.r, model_accuracy = ({accuracy_expr}) "
+                        "FROM (SELECT %s::text AS r) v WHERE id = %s", (result, pid))
+            written.append(pid)
+    conn.close()
+
+
+# ---------------------------------------------------------------------------------------
+# kill -9 at random points, then a rerun
+# ---------------------------------------------------------------------------------------
+def start_module(pg, db, tmp_path, args):
+    """Start one pg_batch_update run through ansible-playbook, in its own process group."""
+    play = [{"name": "Backfill", "hosts": "localhost", "gather_facts": False,
+             "tasks": [{"name": "Run the backfill", "pg_batch_update": "{{ __args }}"}]}]
+    pb = tmp_path / f"kill-{uuid.uuid4().hex[:8]}.yml"
+    pb.write_text(json.dumps(play))
+    cmd = [str(VENV_BIN / "ansible-playbook"), str(pb), "-i", str(ROOT / "tests" / "inventory.yml"),
+           "-e", "@" + str(write_vars(tmp_path, {"__args": args}))]
+    return subprocess.Popen(cmd, cwd=ROOT, env=ansible_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def module_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"AnsiballZ_pg_batch_update" in cmdline and b"/bin/sh" not in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+def wait_for_batches(pg, db, name, at_least, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = query(pg, db, "SELECT to_regclass('migration_ops.batch_checkpoints') IS NOT NULL")
+        if rows[0][0]:
+            done = query(pg, db, "SELECT coalesce(sum(batches), 0) FROM migration_ops.batch_checkpoints "
+                                 "WHERE backfill = %s", (name,))[0][0]
+            if done >= at_least:
+                return done
+        time.sleep(0.02)
+    raise AssertionError(f"the backfill did not reach {at_least} batches")
+
+
+@pytest.mark.parametrize(("seed", "victim"), [(1, "module"), (2, "module"), (3, "module"), (4, "ansible-playbook"),
+                                              (5, "postgresql")])
+def test_kill_9_then_rerun_resumes_exactly(pg, v2_db, tmp_path, seed, victim):
+    """A non-idempotent backfill (confidence + 1, no where filter) shows any row done twice or skipped."""
+    rng = random.Random(seed)
+    original = dict(query(pg, v2_db, "SELECT id, confidence FROM predictions"))
+    args = {**conn_args(pg, v2_db), "name": "bump_confidence", "table": "predictions",
+            "set": {"confidence": "confidence + 1"}, "batch_size": 40, "min_batch_size": 40, "max_batch_size": 40,
+            "pause_ms": 10, "workers": 1 + seed % 2, "progress_file": str(tmp_path / "p.jsonl")}
+    proc = start_module(pg, v2_db, tmp_path, args)
+    try:
+        wait_for_batches(pg, v2_db, "bump_confidence", rng.randint(3, 40))
+        time.sleep(rng.random() * 0.05)
+        if victim == "module":
+            for pid in module_pids():
+                os.kill(pid, signal.SIGKILL)
+        elif victim == "ansible-playbook":
+            # ansible-playbook and everything it started (the module runs in a session of its own;
+            # killed alone, ansible-playbook leaves the module to finish its pass).
+            os.killpg(proc.pid, signal.SIGKILL)
+            for pid in module_pids():
+                os.kill(pid, signal.SIGKILL)
+        else:
+            pg.cluster.stop("immediate")
+            pg.cluster.start()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    for _ in range(100):  # the killed backend's session (and its advisory lock) goes away
+        if not module_pids():
+            break
+        time.sleep(0.05)
+    partial = checkpoints(pg, v2_db, "bump_confidence")
+    assert any(r[1] != "done" for r in partial), "the kill came after the end: no resume was tested"
+    bumped = query(pg, v2_db, "SELECT count(*) FROM predictions WHERE confidence IS NOT NULL AND confidence > 1")[0][0]
+    assert bumped == sum(r[3] for r in partial)  # committed batches and the checkpoint agree
+
+    res = run_module("pg_batch_update", args, tmp_path)
+    assert res.get("failed") is not True, res.get("msg")
+    assert res["resumed"] is True
+    final = dict(query(pg, v2_db, "SELECT id, confidence FROM predictions"))
+    assert final == {k: (None if v is None else pytest.approx(v + 1, abs=1e-9)) for k, v in original.items()}
+    rows = checkpoints(pg, v2_db, "bump_confidence")
+    assert all(r[1] == "done" for r in rows)
+    assert sum(r[2] for r in rows) == 3000  # keys walked: every row exactly once over both runs
+    assert sum(r[3] for r in rows) == sum(1 for v in original.values() if v is not None)
+
+
+def test_second_copy_of_a_running_backfill_is_refused(pg, v2_db, tmp_path):
+    args = {**conn_args(pg, v2_db), "name": "slow_one", "table": "predictions",
+            "set": {"confidence": "confidence"}, "batch_size": 20, "min_batch_size": 20, "max_batch_size": 20,
+            "pause_ms": 20}
+    proc = start_module(pg, v2_db, tmp_path, args)
+    try:
+        wait_for_batches(pg, v2_db, "slow_one", 2)
+        res = run_module("pg_batch_update", args, tmp_path)
+        assert res.get("failed") is True and "already running" in res["msg"]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
