@@ -763,7 +763,7 @@ class Backfill:
             cur.execute(sql.SQL("EXPLAIN ") + stmt, params + fparams)
         except psycopg2.Error as exc:
             self.conn.rollback()
-            text = str(exc).strip()
+            text = str(exc).strip().rstrip(".")
             missing = "column" if getattr(exc, "pgcode", None) == "42703" else None
             raise BackfillError(f"backfill {self.spec.name}: the SQL of the backfill does not plan: {text}. "
                                 "Fix 'set'/'where' in the plan; nothing was changed", missing=missing,
@@ -906,6 +906,18 @@ class Backfill:
                     params)
         return int(cur.fetchone()[0][0]["Plan"]["Plan Rows"])
 
+    def calibrate(self, cur, estimates: dict[int, int]) -> dict[int, int]:
+        """Planner estimates scale reltuples by the table's current size, which a backfill's own dead
+        rows inflate; the statistics' live-row count is closer.  Scale the ranges by their ratio."""
+        cur.execute("SELECT n_live_tup FROM pg_stat_all_tables WHERE relid = %s", (self.target.oid,))
+        row = cur.fetchone()
+        cur.execute(sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {}").format(self.target.ident))
+        whole = int(cur.fetchone()[0][0]["Plan"]["Plan Rows"])
+        if not row or not row[0] or whole <= 0:
+            return estimates
+        factor = min(row[0] / whole, 1.0)
+        return {w: int(est * factor) for w, est in estimates.items()}
+
     def nothing_to_do(self, cur, since) -> bool:
         filt, params = self.stmts.filter_cond(since)
         if filt is None:
@@ -927,6 +939,7 @@ class Backfill:
             before = read_checkpoints(cur, spec.ops_schema, spec.name)
             skip = not resumed and self.nothing_to_do(cur, since)
             estimates = {s.worker: (0 if skip else self.estimate(cur, s)) for s in states}
+            estimates = self.calibrate(cur, estimates)
             conn.rollback()
         progress = Progress(spec, self.target.label, sum(r["rows_done"] for r in before),
                             sum(r["rows_updated"] for r in before), sum(r["batches"] for r in before), estimates)
