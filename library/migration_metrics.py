@@ -100,7 +100,6 @@ import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pgmigrate_metrics import render, write_textfile
 from ansible.module_utils.pgmigrate_report import push_to_gateway, run_metrics
 
 from ansible.module_utils.pgmigrate import (
@@ -111,6 +110,7 @@ from ansible.module_utils.pgmigrate import (
     psycopg2,
     sql,
 )
+from ansible.module_utils.pgmigrate_metrics import render, write_textfile
 
 
 def read_run(module, run_id: int | None) -> tuple[dict, str | None]:
