@@ -58,8 +58,9 @@ options:
     default: {}
   baseline_version:
     description:
-      - When O(baseline) is empty, read the baseline from the run ledger (the newest run of this version whose plan
-        phase recorded one, or O(baseline_run_id)).
+      - When O(baseline) is empty, read the baseline from the run ledger, from the newest migrate run of this version
+        (or O(baseline_run_id)) the exact counts its plan phase recorded, else the per-table row counts of its backup
+        manifest (taken before the schema and data phases).
     type: str
   baseline_run_id:
     description: Run whose recorded baseline to use (with O(baseline_version) unset or set).
@@ -260,24 +261,34 @@ def check_inputs(module, p: dict) -> None:
 
 
 def ledger_baseline(cur, schema: str, version: str | None, run_id: int | None) -> tuple[dict, str]:
+    """The newest migrate run's baseline: the exact counts the plan phase recorded, else the
+    per-table row counts of the backup phase's manifest (taken before the schema and data phases)."""
     if not ops_schema_exists(cur, schema):
         return {}, "none"
-    where = [sql.SQL("phases -> 'plan' -> 'facts' ? 'baseline'")]
+    where = [sql.SQL("kind = 'migrate' AND (phases -> 'plan' -> 'facts' ? 'baseline' "
+                     "OR phases -> 'backup' -> 'facts' ? 'tables')")]
     params: list = []
     if run_id:
-        where.append(sql.SQL("id = %s"))
+        where = [sql.SQL("id = %s")]
         params.append(run_id)
     if version:
         where.append(sql.SQL("version = %s"))
         params.append(version)
-    cur.execute(sql.SQL("SELECT id, phases -> 'plan' -> 'facts' -> 'baseline' FROM {}.runs WHERE {} "
-                        "ORDER BY id DESC LIMIT 1").format(sql.Identifier(schema), sql.SQL(" AND ").join(where)),
-                params)
+    cur.execute(sql.SQL("SELECT id, phases -> 'plan' -> 'facts' -> 'baseline', "
+                        "phases -> 'backup' -> 'facts' -> 'tables' "
+                        "FROM {}.runs WHERE {} ORDER BY id DESC LIMIT 1").format(
+                            sql.Identifier(schema), sql.SQL(" AND ").join(where)), params)
     row = cur.fetchone()
     if row is None:
         return {}, "none"
-    counts = row[1].get("counts", row[1]) if isinstance(row[1], dict) else {}
-    return {k: int(v) for k, v in counts.items() if isinstance(v, (int, float))}, f"ledger run {row[0]}"
+    if isinstance(row[1], dict):
+        counts = row[1].get("counts", row[1])
+        return {k: int(v) for k, v in counts.items() if isinstance(v, (int, float))}, f"ledger run {row[0]}"
+    if isinstance(row[2], dict):
+        counts = {k: v.get("rows") for k, v in row[2].items() if isinstance(v, dict)}
+        return ({k: int(v) for k, v in counts.items() if isinstance(v, (int, float))},
+                f"ledger run {row[0]} (backup manifest)")
+    return {}, "none"
 
 
 def run_validate(module, cur, p: dict) -> dict:

@@ -119,6 +119,22 @@ def test_tolerance_and_baseline_from_the_ledger(pg, migrated_db, tmp_path):
     assert "no baseline" in missing["checks"][0]["message"]
 
 
+def test_baseline_from_the_backup_manifest_in_the_ledger(pg, migrated_db, tmp_path):
+    args = conn_args(pg, migrated_db)
+    lock = run_module("migration_lock", {**args, "version": "2.0.0"}, tmp_path)
+    manifest = {"public.predictions": {"rows": 3000, "checksum": "x"}, "public.teams": {"rows": 1, "checksum": "y"}}
+    run_module("migration_ledger", {**args, "run_id": lock["run_id"], "phase": "backup", "phase_status": "succeeded",
+                                    "facts": {"tables": manifest}}, tmp_path)
+    checks = [{"name": "predictions", "kind": "row_count", "table": "predictions"},
+              {"name": "teams", "kind": "row_count", "table": "teams"}]
+    res = run_module("pg_validate", {**args, "checks": checks, "baseline_version": "2.0.0"}, tmp_path)
+    assert res["baseline_source"] == f"ledger run {lock['run_id']} (backup manifest)"
+    got = by_name(res)
+    assert got["predictions"]["status"] == "passed" and got["predictions"]["expected"] == 3000
+    teams = query(pg, migrated_db, "SELECT count(*) FROM teams")[0][0]
+    assert got["teams"]["status"] == "failed" and got["teams"]["actual"] == teams and got["teams"]["expected"] == 1
+
+
 def test_read_only_replica_user(pg, migrated_db, tmp_path):
     base = baseline_of(pg, migrated_db, tmp_path)
     admin = pg.admin_connect(migrated_db)
