@@ -53,3 +53,6 @@ lint:  ## ansible-lint (production profile), yamllint, ruff, ansible-doc for eve
 	$(BIN)/yamllint -s .
 	$(BIN)/ruff check .
 	@for m in library/*.py; do n=$$(basename $$m .py); $(BIN)/ansible-doc -M library $$n >/dev/null || { echo "ansible-doc failed for $$n"; exit 1; }; done; echo "ansible-doc: every module renders"
+
+bench:  ## Backfill benchmark (1M rows: runbook loop vs one UPDATE vs pg_batch_update, under pgbench load) -> benchmarks/results/latest.json
+	$(BIN)/python benchmarks/bench_backfill.py $(BENCH_ARGS)

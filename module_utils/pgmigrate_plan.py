@@ -57,6 +57,7 @@ BACKFILL_SPEC = {
                    "doc": "module.path:function transform (instead of set)"},
         "python_path": STR,
         "columns": {"type": "list", "items": STR},
+        "read_columns": {"type": "list", "items": STR, "doc": "columns the python transform reads (default all)"},
         "where": STR,
         "incremental": {"type": "dict", "fields": {
             "column": STR, "hours": {"type": "number", "min": 0}, "since_last_run": {"type": "bool"}}},
@@ -66,6 +67,8 @@ BACKFILL_SPEC = {
         "target_batch_ms": {"type": "int", "min": 1},
         "pause_ms": {"type": "int", "min": 0},
         "lock_timeout": {"type": "str", "pattern": DURATION_RE},
+        "statement_timeout": {"type": "str", "pattern": DURATION_RE},
+        "max_retries": {"type": "int", "min": 0},
         "workers": {"type": "int", "min": 1},
         "max_replication_lag_s": {"type": "number", "min": 0},
         "hold_on_autovacuum": {"type": "bool"},
