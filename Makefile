@@ -56,3 +56,7 @@ lint:  ## ansible-lint (production profile), yamllint, ruff, ansible-doc for eve
 
 bench:  ## Backfill benchmark (1M rows: runbook loop vs one UPDATE vs pg_batch_update, under pgbench load) -> benchmarks/results/latest.json
 	$(BIN)/python benchmarks/bench_backfill.py $(BENCH_ARGS)
+
+.PHONY: bench-backup
+bench-backup:  ## Backup benchmark (1M predictions: pg_backup + pg_backup_verify vs plain pg_dump -Fc) -> benchmarks/results/backup_latest.json
+	$(BIN)/python benchmarks/backup_bench.py $(BENCH_ARGS)
