@@ -16,15 +16,12 @@ HOOK_TOKEN = "T00-hook-S3CRET-token"
 
 
 def demo_playbook(tmp_path: Path, backfill: bool = True) -> Path:
-    """migrate.yml's phases with the plan-phase additions of issue #7 (baseline, latency before,
-    start notification) and, while the data phase is a placeholder, the plan's backfill run
-    by pg_batch_update with its progress file and metrics."""
+    """migrate.yml's phases (backup left out for speed) with the plan-phase additions of issue #7:
+    the exact baseline, the latency before, and the start notification."""
     conn = {"module_defaults": {"migration_ledger": "{{ pgmigrate_db_conn }}",
-                                "migration_lock": "{{ pgmigrate_db_conn }}",
-                                "pg_batch_update": "{{ pgmigrate_db_conn }}"},
+                                "migration_lock": "{{ pgmigrate_db_conn }}"},
             "hosts": "pgmigrate_db", "gather_facts": False,
             "vars_files": [str(ROOT / "playbooks" / "vars" / "connection.yml")]}
-    bf = PLAN["backfills"][0]
     plays = [
         {"ansible.builtin.import_playbook": str(ROOT / "playbooks" / "plan.yml"),
          "vars": {"pgmigrate_keep_run_open": True}},
@@ -36,13 +33,7 @@ def demo_playbook(tmp_path: Path, backfill: bool = True) -> Path:
         {"ansible.builtin.import_playbook": str(ROOT / "playbooks" / "schema.yml")},
     ]
     if backfill:
-        plays.append({"name": "Backfill (stand-in for the data phase)", **conn, "tasks": [
-            {"name": "Run the plan's backfill", "pg_batch_update": {
-                "name": bf["name"], "table": bf["table"], "key": bf["key"], "set": bf["set"], "where": bf["where"],
-                "batch_size": 400, "max_batch_size": 400, "progress_interval_s": 0,
-                "run_id": "{{ pgmigrate_run_id }}",
-                "progress_file": "{{ pgmigrate_log_dir }}/backfill-" + bf["name"] + ".jsonl",
-                "metrics_file": "{{ pgmigrate_log_dir }}/metrics/pgmigrate_backfill.prom"}}]})
+        plays.append({"ansible.builtin.import_playbook": str(ROOT / "playbooks" / "data.yml")})
     plays += [{"ansible.builtin.import_playbook": str(ROOT / "playbooks" / "validate.yml")},
               {"ansible.builtin.import_playbook": str(ROOT / "playbooks" / "report.yml")}]
     path = tmp_path / "demo.yml"
