@@ -160,8 +160,12 @@ def _polyline(points: list[tuple[float, float]], box: tuple[int, int, int, int],
     xmin, xmax = min(xs), max(xs) or 1
     ymax = max(ys) or 1
     span = (xmax - xmin) or 1
-    coords = " ".join(f"{x0 + (x - xmin) / span * width:.1f},{y0 + height - y / ymax * height:.1f}" for x, y in points)
-    return f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{coords}"/>'
+    xy = [(x0 + (x - xmin) / span * width, y0 + height - y / ymax * height) for x, y in points]
+    coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)
+    # Dots on the measured points when there are few of them (a short backfill has two or three).
+    dots = "".join(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{colour}"/>' for x, y in xy
+                   ) if len(xy) <= 60 else ""
+    return f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{coords}"/>' + dots
 
 
 def _axes(box: tuple[int, int, int, int], title: str, ymax: float, unit: str, xlabel: str) -> str:
