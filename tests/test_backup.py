@@ -357,3 +357,22 @@ def test_restore_refuses_unverified_or_damaged_backups(pg, backed_up, tmp_path):
         cur.execute("SELECT count(*) FROM pg_database WHERE datname LIKE %s", (backed_up["db"] + "_%",))
         assert cur.fetchone()[0] == 0
     conn.close()
+
+
+def test_directory_format_with_parallel_jobs_is_private_and_proven(pg, backed_up, tmp_path):
+    args = conn_args(pg, backed_up["db"])
+    res = run_module("pg_backup", {**args, "backup_dir": str(tmp_path / "dir"), "format": "directory", "jobs": 2,
+                                   "run_id": 9}, tmp_path)
+    assert res["changed"] is True
+    path = Path(res["backup_path"])
+    assert path.is_dir() and path.name.endswith(".dir") and path.stat().st_mode & 0o777 == 0o700
+    files = list(path.iterdir())
+    assert "toc.dat" in {f.name for f in files} and all(f.stat().st_mode & 0o777 == 0o600 for f in files)
+    assert set(res["manifest"]["files"]) == {f.name for f in files}
+    assert res["manifest"]["tables"] == backed_up["res"]["manifest"]["tables"]
+    proved = run_module("pg_backup_verify", {**args, "backup_path": str(path), "run_id": 9}, tmp_path)
+    assert proved["verified"] is True, proved.get("msg")
+    largest = max(files, key=lambda f: f.stat().st_size)
+    damage("flip_byte", largest, Path(res["manifest_path"]))
+    broken = run_module("pg_backup_verify", {**args, "backup_path": str(path), "run_id": 9}, tmp_path)
+    assert broken.get("failed") is True and f"differs in {largest.name}" in broken["msg"]
