@@ -1,0 +1,473 @@
+#!/usr/bin/env python3
+"""Backfill benchmark: the runbook's loop, one UPDATE, and pg_batch_update, side by side.
+
+    .venv/bin/python benchmarks/bench_backfill.py [--rows 1000000] [--rate 200] [--memory-rows 5000000]
+
+One run, one throw-away PostgreSQL cluster (tools/pgcluster.py), one seeded template
+database (examples/football_prediction/seed.py at the 2.0.0 schema).  Before each method
+the database is re-created from the template, so every method starts from the same state.
+During each method a fixed-rate pgbench load (90 % point reads, 10 % point updates on
+``predictions``) runs; its per-transaction log gives p99/max latency and completed rate
+for exactly the method's time window.
+
+Methods:
+  runbook_loop   the runbook's own script: page with ORDER BY id OFFSET/LIMIT, compute in Python,
+                 one UPDATE per row, one commit per page (run in full, not extrapolated)
+  single_update  the plan's SQL expressions in one set-based UPDATE (one transaction)
+  batch_sql      pg_batch_update with the plan's SQL expressions (through ansible-playbook)
+  batch_python   pg_batch_update with examples/football_prediction/transforms.py
+
+Writes benchmarks/results/latest.json and prints a table.  Module figures (wall_s,
+max_lock_ms) are the module's own measurements (``duration_s``, ``max_lock_ms``); the
+ansible-playbook start-up is reported separately as ``end_to_end_s``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psycopg2
+import yaml
+from psycopg2 import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "examples" / "football_prediction"
+VENV_BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(APP))
+import pgcluster  # noqa: E402
+import transforms  # noqa: E402
+
+PLAN = yaml.safe_load((ROOT / "migrations" / "2.0.0.yml").read_text())
+BACKFILL = PLAN["backfills"][0]
+METHODS = ("runbook_loop", "single_update", "batch_sql", "batch_python")
+PGBENCH_SCRIPT = """\\set r random(1, 100)
+\\set id random(1, {max_id})
+\\if :r <= 90
+SELECT id, home_win_prob, draw_prob, away_win_prob, actual_result, model_accuracy FROM predictions WHERE id = :id;
+\\else
+UPDATE predictions SET updated_at = now() WHERE id = :id;
+\\endif
+"""
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.base = Path(tempfile.mkdtemp(prefix="pgmigrate-bench-"))
+        os.chmod(self.base, 0o755)
+        self.cluster = pgcluster.Cluster(self.base / "pg", pgcluster.free_port())
+        self.work = self.base / "work"
+        self.work.mkdir()
+        os.chmod(self.work, 0o777)
+
+    # -- cluster and databases -----------------------------------------------------------
+    def start(self) -> None:
+        self.cluster.init()
+        conf = self.cluster.data / "postgresql.conf"
+        with conf.open("a") as fh:  # a little headroom for a 5M-row table; defaults otherwise
+            fh.write("max_wal_size = 4GB\ncheckpoint_timeout = 15min\n")
+        self.cluster.start()
+        self.password = self.cluster.ensure_database("bench_admin", "football")
+        self.port = self.cluster.port
+
+    def stop(self) -> None:
+        try:
+            self.cluster.stop("immediate")
+        finally:
+            if not self.args.keep:
+                shutil.rmtree(self.base, ignore_errors=True)
+
+    def admin(self, dbname: str = "postgres"):
+        conn = psycopg2.connect(host=str(self.cluster.run), port=self.port, user=self.cluster.os_user, dbname=dbname)
+        conn.autocommit = True
+        return conn
+
+    def connect(self, dbname: str, autocommit: bool = False):
+        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="football", password=self.password,
+                                dbname=dbname, application_name="bench")
+        conn.autocommit = autocommit
+        return conn
+
+    def env(self, dbname: str) -> dict:
+        env = dict(os.environ)
+        env.update(PGHOST="127.0.0.1", PGPORT=str(self.port), PGUSER="football", PGPASSWORD=self.password,
+                   PGDATABASE=dbname)
+        return env
+
+    def make_template(self, name: str, rows: int) -> None:
+        log(f"seeding {rows:,} predictions into template {name}")
+        conn = self.admin()
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("CREATE DATABASE {} OWNER football").format(sql.Identifier(name)))
+        conn.close()
+        subprocess.run([str(VENV_BIN / "alembic"), "-c", str(APP / "alembic.ini"), "upgrade", "v2_0_0"],
+                       env=self.env(name), check=True, capture_output=True, cwd=ROOT)
+        subprocess.run([sys.executable, str(APP / "seed.py"), "--predictions", str(rows), "--seed", "42",
+                        "--anchor", "2026-11-01T00:00:00+00:00"], env=self.env(name), check=True,
+                       capture_output=True, cwd=ROOT)
+        conn = self.admin(name)
+        with conn.cursor() as cur:
+            cur.execute("VACUUM (ANALYZE, FREEZE) predictions")
+        conn.close()
+
+    def reset(self, template: str, name: str = "bench") -> str:
+        conn = self.admin()
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            cur.execute(sql.SQL("CREATE DATABASE {} OWNER football TEMPLATE {} STRATEGY FILE_COPY").format(
+                sql.Identifier(name), sql.Identifier(template)))
+            cur.execute("CHECKPOINT")
+        conn.close()
+        return name
+
+    # -- load ------------------------------------------------------------------------------
+    def start_load(self, db: str, max_id: int) -> tuple[subprocess.Popen, Path]:
+        script = self.work / "load.sql"
+        script.write_text(PGBENCH_SCRIPT.format(max_id=max_id))
+        prefix = self.work / f"load-{uuid.uuid4().hex[:6]}"
+        cmd = ["pgbench", "-n", "-f", str(script), "-R", str(self.args.rate), "-c", str(self.args.clients), "-j", "1",
+               "-T", "36000", "-l", f"--log-prefix={prefix}", db]
+        proc = subprocess.Popen(cmd, env=self.env(db), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                cwd=self.work)
+        return proc, prefix
+
+    @staticmethod
+    def stop_load(proc: subprocess.Popen) -> None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def load_stats(self, prefix: Path, start: float, end: float) -> dict:
+        """Latency of each request from its scheduled start (pgbench -R: time + schedule lag)."""
+        latencies = []
+        for path in self.work.glob(prefix.name + "*"):
+            for line in path.read_text().splitlines():
+                parts = line.split()
+                if len(parts) < 6 or parts[2] == "skipped":
+                    continue
+                done_at = int(parts[4]) + int(parts[5]) / 1e6
+                lag = int(parts[6]) if len(parts) > 6 else 0
+                latency_us = int(parts[2]) + lag
+                # Requests scheduled during the method count, however late they complete (a request
+                # blocked by the method's row locks completes after it).
+                if not start <= done_at - latency_us / 1e6 <= end:
+                    continue
+                latencies.append(latency_us / 1000.0)
+            path.unlink()
+        window = max(end - start, 1e-6)
+        if not latencies:
+            return {"load_p99_ms": None, "load_max_ms": None, "load_completed": 0, "load_completed_per_s": 0.0,
+                    "load_offered_per_s": self.args.rate}
+        latencies.sort()
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+        return {"load_p99_ms": round(p99, 2), "load_max_ms": round(latencies[-1], 2),
+                "load_p50_ms": round(latencies[len(latencies) // 2], 2),
+                "load_completed": len(latencies), "load_completed_per_s": round(len(latencies) / window, 1),
+                "load_offered_per_s": self.args.rate,
+                "load_over_1s": sum(1 for x in latencies if x > 1000.0)}
+
+    # -- methods ---------------------------------------------------------------------------
+    def runbook_loop(self, db: str) -> dict:
+        page = 1000
+        conn = self.connect(db)
+        longest = 0.0
+        offset = 0
+        start = time.monotonic()
+        with conn.cursor() as cur:
+            while True:
+                t0 = time.monotonic()
+                cur.execute("SELECT id, home_win_prob, draw_prob, away_win_prob, actual_result, model_version "
+                            "FROM predictions ORDER BY id LIMIT %s OFFSET %s", (page, offset))
+                rows = cur.fetchall()
+                if not rows:
+                    conn.rollback()
+                    break
+                for pid, home, draw, away, actual, version in rows:
+                    cur.execute("UPDATE predictions SET model_accuracy = %s, feature_importance = %s WHERE id = %s",
+                                (transforms.accuracy(home, draw, away, actual),
+                                 transforms.importance(home, draw, away, version), pid))
+                conn.commit()
+                longest = max(longest, time.monotonic() - t0)
+                offset += page
+        conn.close()
+        return {"wall_s": time.monotonic() - start, "max_lock_ms": longest * 1000.0}
+
+    def single_update(self, db: str) -> dict:
+        conn = self.connect(db)
+        assignments = sql.SQL(", ").join(sql.SQL("{} = ({})").format(sql.Identifier(c), sql.SQL(e))
+                                         for c, e in BACKFILL["set"].items())
+        stmt = sql.SQL("UPDATE predictions SET {} WHERE {}").format(assignments, sql.SQL(BACKFILL["where"]))
+        start = time.monotonic()
+        with conn.cursor() as cur:
+            cur.execute(stmt)
+        conn.commit()
+        wall = time.monotonic() - start
+        conn.close()
+        return {"wall_s": wall, "max_lock_ms": wall * 1000.0}  # every row stays locked until the commit
+
+    def module(self, db: str, python: bool) -> dict:
+        args = {"login_host": "127.0.0.1", "login_port": self.port, "login_user": "football",
+                "login_password": self.password, "login_db": db, "name": BACKFILL["name"], "table": "predictions",
+                "where": BACKFILL["where"], "batch_size": BACKFILL.get("batch_size", 10000),
+                "target_batch_ms": BACKFILL.get("target_batch_ms", 100), "pause_ms": BACKFILL.get("pause_ms", 0),
+                "lock_timeout": BACKFILL.get("lock_timeout", "2s"), "workers": self.args.workers,
+                "progress_file": str(self.work / f"progress-{db}.jsonl")}
+        if python:
+            args.update(python="transforms:prediction_accuracy", python_path=[str(APP)],
+                        columns=["model_accuracy", "feature_importance"],
+                        read_columns=["home_win_prob", "draw_prob", "away_win_prob", "actual_result",
+                                      "model_version"])
+        else:
+            args["set"] = BACKFILL["set"]
+        play = [{"name": "Benchmark", "hosts": "localhost", "gather_facts": False,
+                 "tasks": [{"name": "Backfill", "pg_batch_update": "{{ __args }}", "register": "__r"},
+                           {"name": "Save", "ansible.builtin.copy": {"content": "{{ __r | to_json }}",
+                                                                     "dest": "{{ __out }}", "mode": "0600"}}]}]
+        pb = self.work / "bench-play.yml"
+        pb.write_text(json.dumps(play))
+        out = self.work / "bench-result.json"
+        out.unlink(missing_ok=True)
+        varsfile = self.work / "bench-vars.json"
+        varsfile.write_text(json.dumps({"__args": args, "__out": str(out)}))
+        varsfile.chmod(0o600)
+        env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), PATH=f"{VENV_BIN}:{os.environ['PATH']}")
+        env.pop("PGPASSWORD", None)
+        sampler = RssSampler()
+        sampler.start()
+        start = time.monotonic()
+        proc = subprocess.run([str(VENV_BIN / "ansible-playbook"), str(pb), "-i", str(ROOT / "tests" / "inventory.yml"),
+                               "-e", f"@{varsfile}"], check=False, cwd=ROOT, env=env, capture_output=True, text=True)
+        end_to_end = time.monotonic() - start
+        sampler.stop()
+        if proc.returncode != 0 or not out.exists():
+            raise SystemExit(f"pg_batch_update failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}")
+        res = json.loads(out.read_text())
+        return {"wall_s": res["duration_s"], "max_lock_ms": res["max_lock_ms"], "end_to_end_s": round(end_to_end, 2),
+                "batches": res["batches"], "final_batch_size": res["batch_size"], "retries": res["retries"],
+                "max_batch_ms": res["max_batch_ms"], "peak_rss_mb": sampler.peak_mb,
+                "rows_updated": res["rows_updated"]}
+
+    def run_method(self, name: str, template: str, rows: int, with_load: bool = True) -> dict:
+        db = self.reset(template)
+        log(f"{name}: running on {rows:,} rows" + (f" under {self.args.rate} tps of pgbench" if with_load else ""))
+        load = None
+        if with_load:
+            load, prefix = self.start_load(db, rows)
+            time.sleep(2.0)  # connected and at rate before the method starts
+        t_start = time.time()
+        try:
+            if name == "runbook_loop":
+                figures = self.runbook_loop(db)
+            elif name == "single_update":
+                figures = self.single_update(db)
+            else:
+                figures = self.module(db, python=name == "batch_python")
+        finally:
+            t_end = time.time()
+            if load is not None:
+                # Let requests the method held up complete, and pgbench flush its log buffer.
+                time.sleep(3.0)
+                self.stop_load(load)
+        if with_load:
+            figures.update(self.load_stats(prefix, t_start, t_end))
+        figures["rows_per_s"] = round(rows / figures["wall_s"], 1)
+        figures["wall_s"] = round(figures["wall_s"], 3)
+        figures["max_lock_ms"] = round(figures["max_lock_ms"], 1)
+        figures["result_md5"] = self.result_md5(db)
+        log(f"{name}: {figures['wall_s']} s, {figures['rows_per_s']:,.0f} rows/s, max lock "
+            f"{figures['max_lock_ms']} ms, load p99 {figures.get('load_p99_ms')} ms, "
+            f"max {figures.get('load_max_ms')} ms")
+        return figures
+
+    def baseline_load(self, template: str, rows: int, seconds: float = 10.0) -> dict:
+        db = self.reset(template)
+        load, prefix = self.start_load(db, rows)
+        time.sleep(2.0)
+        t_start = time.time()
+        time.sleep(seconds)
+        t_end = time.time()
+        time.sleep(3.0)
+        self.stop_load(load)
+        return self.load_stats(prefix, t_start, t_end)
+
+    def result_md5(self, db: str) -> str:
+        conn = self.connect(db)
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FILTER (WHERE feature_importance IS NULL), md5(string_agg(id::text || ':' "
+                        "|| coalesce(model_accuracy::text, '-') || ':' || feature_importance::text, ',' ORDER BY id)) "
+                        "FROM predictions")
+            missing, digest = cur.fetchone()
+        conn.close()
+        return digest if missing == 0 else f"INCOMPLETE ({missing} rows missing)"
+
+
+class RssSampler:
+    """Peak RSS (VmHWM) of the module process (AnsiballZ_pg_batch_update.py), sampled every 0.1 s."""
+
+    def __init__(self) -> None:
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def peak_mb(self) -> float:
+        return round(self.peak_kb / 1024.0, 1)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    if b"AnsiballZ_pg_batch_update" not in (entry / "cmdline").read_bytes():
+                        continue
+                    for line in (entry / "status").read_text().splitlines():
+                        if line.startswith("VmHWM:"):
+                            self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+                except OSError:
+                    continue
+            self._stop.wait(0.1)
+
+
+def ratio(a: dict, b: dict) -> float:
+    return round(a["rows_per_s"] / b["rows_per_s"], 3)
+
+
+def print_table(result: dict) -> None:
+    rows = result["rows"]
+    print(f"\nBackfill of {rows:,} predictions, pgbench load {result['load']['rate']} tps "
+          f"({result['load']['clients']} clients, 90% reads / 10% updates)")
+    head = f"{'method':<15}{'wall s':>9}{'rows/s':>11}{'max lock ms':>13}{'load p99 ms':>13}{'load max ms':>13}" \
+           f"{'load done/s':>13}{'same rows':>11}"
+    print(head)
+    print("-" * len(head))
+    reference = result["methods"]["single_update"]["result_md5"]
+    base = result.get("baseline_load", {})
+    if base:
+        print(f"{'(load alone)':<15}{'':>9}{'':>11}{'':>13}{base['load_p99_ms']:>13}{base['load_max_ms']:>13}"
+              f"{base['load_completed_per_s']:>13}{'':>11}")
+    for name in METHODS:
+        m = result["methods"][name]
+        print(f"{name:<15}{m['wall_s']:>9.2f}{m['rows_per_s']:>11,.0f}{m['max_lock_ms']:>13,.1f}"
+              f"{m['load_p99_ms']!s:>13}{m['load_max_ms']!s:>13}{m['load_completed_per_s']!s:>13}"
+              f"{'yes' if m['result_md5'] == reference else 'NO':>11}")
+    r = result["ratios"]
+    print(f"\nthroughput ratios: batch_sql/single {r['batch_sql_vs_single']}, batch_python/single "
+          f"{r['batch_python_vs_single']}, batch_sql/runbook {r['batch_sql_vs_runbook']}")
+    mem = result["memory"]
+    print(f"module peak RSS: {mem['peak_mb_1m']} MB at {rows:,} rows, {mem['peak_mb_5m']} MB at "
+          f"{mem.get('rows_5m', 0):,} rows ({mem.get('method')})")
+    print("targets:")
+    for name, ok in result["targets"].items():
+        print(f"  {'met ' if ok['met'] else 'MISSED'} {name}: {ok['value']} (target {ok['target']})")
+
+
+def targets(result: dict) -> dict:
+    m, r, mem = result["methods"], result["ratios"], result["memory"]
+    out = {
+        "batch_sql >= 0.9 x single_update": (r["batch_sql_vs_single"], ">= 0.9", r["batch_sql_vs_single"] >= 0.9),
+        "batch_sql >= 25 x runbook_loop": (r["batch_sql_vs_runbook"], ">= 25", r["batch_sql_vs_runbook"] >= 25),
+        "batch_sql max lock <= 200 ms": (m["batch_sql"]["max_lock_ms"], "<= 200", m["batch_sql"]["max_lock_ms"] <= 200),
+        "batch_python >= 0.45 x single_update": (r["batch_python_vs_single"], ">= 0.45",
+                                                 r["batch_python_vs_single"] >= 0.45),
+    }
+    for name in ("batch_sql", "batch_python"):
+        p99, mx = m[name]["load_p99_ms"], m[name]["load_max_ms"]
+        out[f"{name} load p99 <= 10 ms"] = (p99, "<= 10", p99 is not None and p99 <= 10)
+        out[f"{name} load max <= 1000 ms"] = (mx, "<= 1000", mx is not None and mx <= 1000)
+    if mem.get("peak_mb_5m") and mem.get("peak_mb_1m"):
+        growth = round(mem["peak_mb_5m"] / mem["peak_mb_1m"], 3)
+        out["memory 5M within 1.2 x of 1M"] = (growth, "<= 1.2", growth <= 1.2)
+    return {k: {"value": v, "target": t, "met": ok} for k, (v, t, ok) in out.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--memory-rows", type=int, default=5_000_000,
+                        help="rows of the memory-only run (0 to skip)")
+    parser.add_argument("--memory-method", choices=["batch_sql", "batch_python"], default="batch_python")
+    parser.add_argument("--rate", type=int, default=200, help="pgbench transactions per second")
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=1, help="pg_batch_update workers")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "latest.json"))
+    parser.add_argument("--baseline-s", type=float, default=10.0, help="seconds of the load-alone baseline")
+    parser.add_argument("--keep", action="store_true", help="keep the cluster directory")
+    args = parser.parse_args(argv)
+    if shutil.which("pgbench") is None:
+        raise SystemExit("pgbench is not on PATH (Debian: apt-get install postgresql-client-15)")
+    bench = Bench(args)
+    started = time.monotonic()
+    try:
+        bench.start()
+        bench.make_template("tmpl", args.rows)
+        result: dict = {"rows": args.rows, "methods": {}, "ratios": {}, "memory": {},
+                        "load": {"tool": "pgbench", "rate": args.rate, "clients": args.clients,
+                                 "mix": "90% point reads, 10% point updates on predictions",
+                                 "latency": "from each request's scheduled start (pgbench -R: time + schedule lag)"}}
+        result["baseline_load"] = bench.baseline_load("tmpl", args.rows, args.baseline_s)
+        wanted = args.methods.split(",")
+        for name in METHODS:
+            if name in wanted:
+                result["methods"][name] = bench.run_method(name, "tmpl", args.rows)
+        m = result["methods"]
+        if all(k in m for k in METHODS):
+            result["ratios"] = {"batch_sql_vs_single": ratio(m["batch_sql"], m["single_update"]),
+                                "batch_python_vs_single": ratio(m["batch_python"], m["single_update"]),
+                                "batch_sql_vs_runbook": ratio(m["batch_sql"], m["runbook_loop"])}
+        peak_1m = m.get(args.memory_method, {}).get("peak_rss_mb")
+        result["memory"] = {"peak_mb_1m": peak_1m, "peak_mb_5m": None, "method": args.memory_method,
+                            "rows_1m": args.rows, "rows_5m": args.memory_rows,
+                            "peak_mb_1m_batch_sql": m.get("batch_sql", {}).get("peak_rss_mb")}
+        if args.memory_rows:
+            bench.make_template("tmpl5", args.memory_rows)
+            big = bench.run_method(args.memory_method, "tmpl5", args.memory_rows, with_load=False)
+            result["memory"]["peak_mb_5m"] = big["peak_rss_mb"]
+            result["memory"]["run_5m"] = {k: big[k] for k in ("wall_s", "rows_per_s", "max_lock_ms", "batches")}
+        if result["ratios"]:
+            result["targets"] = targets(result)
+        result["same_result_as_single_update"] = {k: v["result_md5"] == m["single_update"]["result_md5"]
+                                                  for k, v in m.items()} if "single_update" in m else {}
+        result["environment"] = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                                 "cpus": os.cpu_count(), "python": platform.python_version(),
+                                 "postgresql": pgcluster.PG_MAJOR, "bench_seconds": round(time.monotonic() - started)}
+    finally:
+        bench.stop()
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    if result.get("ratios"):
+        print_table(result)
+    print(f"\nresults: {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
