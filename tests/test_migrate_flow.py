@@ -8,12 +8,16 @@ import time
 from pathlib import Path
 
 from conftest import ROOT, VENV_BIN, ansible_env, run_playbook, write_vars
+from validate_helpers import query, start_app, stop
 
 
 def flow_vars(pg, db: str, tmp_path: Path, **extra) -> dict:
+    """Point the local inventory at a test database; every file the run writes goes under tmp_path.
+    No application URL unless a test starts the API for its own database."""
     state = tmp_path / "state"
     return {**pg.conn_vars(db), "pgmigrate_state_dir": str(state), "pgmigrate_report_dir": str(tmp_path / "reports"),
-            "pgmigrate_db_sslmode": "disable", "version": "2.0.0", **extra}
+            "pgmigrate_docs_dir": str(tmp_path / "docs"), "pgmigrate_log_dir": str(state / "logs"),
+            "pgmigrate_app_url": "", "pgmigrate_db_sslmode": "disable", "version": "2.0.0", **extra}
 
 
 def snapshot(pg, db: str) -> dict:
@@ -122,17 +126,27 @@ def test_second_run_is_refused_while_the_first_holds_the_lock(pg, reference_db, 
 
 
 def test_full_run_records_success_and_reruns_safely(pg, reference_db, tmp_path):
-    first = run_playbook("migrate.yml", tmp_path, flow_vars(pg, reference_db, tmp_path))
-    assert first.rc == 0, first.output[-4000:]
-    second = run_playbook("migrate.yml", tmp_path, flow_vars(pg, reference_db, tmp_path))
-    assert second.rc == 0, second.output[-4000:]
-    conn = pg.connect(reference_db)
-    with conn.cursor() as cur:
-        cur.execute("SELECT status, finished_at IS NOT NULL, phases ? 'report' FROM migration_ops.runs ORDER BY id")
-        assert cur.fetchall() == [("succeeded", True, True), ("succeeded", True, True)]
-        cur.execute("SELECT count(*) FROM migration_ops.lock")
-        assert cur.fetchone()[0] == 0
-        cur.execute("SELECT count(*) FROM predictions")
-        assert cur.fetchone()[0] == 3000
-    conn.close()
+    proc, url = start_app(pg, reference_db, version="1.0.0")
+    try:
+        variables = flow_vars(pg, reference_db, tmp_path, pgmigrate_app_url=url, validate_perf_requests=40)
+        first = run_playbook("migrate.yml", tmp_path, variables)
+        assert first.rc == 0, first.output[-4000:]
+        second = run_playbook("migrate.yml", tmp_path, variables)
+        assert second.rc == 0, second.output[-4000:]
+    finally:
+        stop(proc)
+    rows = query(pg, reference_db, "SELECT status, from_revision, to_revision, backup_verified, phases "
+                                   "FROM migration_ops.runs ORDER BY id")
+    assert [r[:4] for r in rows] == [("succeeded", "v1_0_0", "v2_0_0", True), ("succeeded", "v2_0_0", "v2_0_0", True)]
+    first_phases, second_phases = rows[0][4], rows[1][4]
+    assert first_phases["schema"]["status"] == "succeeded" and first_phases["data"]["status"] == "succeeded"
+    assert first_phases["plan"]["facts"]["baseline"]["counts"]["predictions"] == 3000
+    # The rerun found nothing left to do: same revision, no backfilled rows.
+    assert second_phases["schema"]["facts"]["from_revision"] == "v2_0_0"
+    assert query(pg, reference_db, "SELECT version_num FROM alembic_version") == [("v2_0_0",)]
+    assert query(pg, reference_db, "SELECT count(*), count(feature_importance), "
+                                   "count(*) FILTER (WHERE actual_result IS NOT NULL AND model_accuracy IS NULL) "
+                                   "FROM predictions") == [(3000, 3000, 0)]
+    assert query(pg, reference_db, "SELECT count(*) FROM migration_ops.lock") == [(0,)]
+    assert (tmp_path / "docs" / "MIGRATION_HISTORY.md").exists()
     shutil.rmtree(tmp_path / "state", ignore_errors=True)
