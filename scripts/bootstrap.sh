@@ -51,12 +51,14 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   apt_install postgresql-15 postgresql-client-15
 fi
 
-# 2. Optional services for the blue-green switch
+# 2. With --services: what the demo's monitoring and the tests run for real
+#    (Prometheus with promtool, node_exporter's textfile collector, the Pushgateway).
 if [[ $want_services -eq 1 ]]; then
   missing=()
-  command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
-  command -v supervisord >/dev/null 2>&1 || missing+=(supervisor)
-  [[ ${#missing[@]} -gt 0 ]] && apt_install "${missing[@]}"
+  [[ -x /usr/bin/prometheus && -x /usr/bin/promtool ]] || missing+=(prometheus)
+  [[ -x /usr/bin/prometheus-node-exporter ]] || missing+=(prometheus-node-exporter)
+  [[ -x /usr/bin/prometheus-pushgateway ]] || missing+=(prometheus-pushgateway)
+  if [[ ${#missing[@]} -gt 0 ]]; then apt_install "${missing[@]}"; fi
 fi
 
 # 3. The control node's virtualenv
