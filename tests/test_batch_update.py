@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, VENV_BIN, alembic, ansible_env, conn_args, run_module, write_vars
+from conftest import ROOT, VENV_BIN, alembic, ansible_env, conn_args, run_module, run_playbook, write_vars
 
 PLAN = yaml.safe_load((ROOT / "migrations" / "2.0.0.yml").read_text())
 BACKFILL = PLAN["backfills"][0]
@@ -404,3 +404,66 @@ def test_second_copy_of_a_running_backfill_is_refused(pg, v2_db, tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_health_checks_run_and_say_what_they_cannot_check(pg, v2_db, reference_rows, tmp_path):
+    """No standby lags and no vacuum runs: no hold.  The archive backlog needs pg_monitor: a warning says so."""
+    res = run_module("pg_batch_update", plan_args(pg, v2_db, tmp_path, max_replication_lag_s=0,
+                                                  hold_on_autovacuum=True, max_archive_backlog=0, hold_poll_s=0.2),
+                     tmp_path)
+    assert res.get("failed") is not True, res.get("msg")
+    assert res["holds"] == {"count": 0, "seconds": 0.0, "reasons": {}}
+    assert any("WAL archive backlog is not checked" in w for w in res.get("warnings", []))
+    assert snapshot(pg, v2_db) == reference_rows
+
+
+def test_vacuum_on_the_table_holds_the_backfill(pg, v2_db, tmp_path):
+    """A vacuum running on the table (held up by a lock on a page) makes the backfill wait and say why."""
+    blocker = pg.connect(v2_db, autocommit=False)
+    with blocker.cursor() as cur:  # an open cursor pins a buffer page: VACUUM waits for its cleanup lock
+        cur.execute("DECLARE c CURSOR FOR SELECT id FROM predictions")
+        cur.execute("FETCH 1 FROM c")
+    vacuum = threading.Thread(target=lambda: query(pg, v2_db, "VACUUM (FREEZE) predictions"))
+    vacuum.start()
+    time.sleep(1.0)
+    timer = threading.Timer(3.0, blocker.rollback)
+    timer.start()
+    try:
+        res = run_module("pg_batch_update", plan_args(pg, v2_db, tmp_path, hold_on_autovacuum=True,
+                                                      hold_poll_s=0.5), tmp_path)
+    finally:
+        timer.join()
+        blocker.close()
+        vacuum.join()
+    assert res.get("failed") is not True, res.get("msg")
+    assert res["holds"]["count"] >= 1 and res["holds"]["reasons"].get("vacuum", 0) >= 1
+    holds = [json.loads(x) for x in (tmp_path / "progress.jsonl").read_text().splitlines()
+             if json.loads(x)["event"] == "hold"]
+    assert holds and "is vacuuming public.predictions" in holds[0]["reason"]
+    assert res["rows_updated"] == 3000
+
+
+def test_data_phase_playbook_check_then_run(pg, v2_db, reference_rows, tmp_path):
+    """playbooks/data.yml: check mode counts and changes nothing; the real run fills every row and
+    records the backfill with the phase in the ledger; a second run changes nothing."""
+    extra = {**pg.conn_vars(v2_db), "version": "2.0.0", "pgmigrate_log_dir": str(tmp_path / "logs"),
+             "data_migrate_poll_interval": 1}
+    before = checksum(pg, v2_db)
+    check = run_playbook("playbooks/data.yml", tmp_path, extra, "--check")
+    assert check.rc == 0, check.output[-3000:]
+    assert "would update 3000 row(s)" in check.output
+    assert checksum(pg, v2_db) == before
+
+    real = run_playbook("playbooks/data.yml", tmp_path, extra)
+    assert real.rc == 0, real.output[-3000:]
+    assert "Follow backfill predictions_accuracy" in real.output and "done: 3,000 of ~3,000 rows" in real.output
+    assert snapshot(pg, v2_db) == reference_rows
+    facts = query(pg, v2_db, "SELECT phases->'data' FROM migration_ops.runs ORDER BY id DESC LIMIT 1")[0][0]
+    assert facts["status"] == "succeeded"
+    assert facts["facts"]["backfills"][0]["rows_updated"] == 3000
+    assert facts["facts"]["backfills"][0]["checkpoint"] == "done"
+
+    again = run_playbook("playbooks/data.yml", tmp_path, extra)
+    assert again.rc == 0
+    facts = query(pg, v2_db, "SELECT phases->'data' FROM migration_ops.runs ORDER BY id DESC LIMIT 1")[0][0]
+    assert facts["facts"]["rows_updated"] == 0
