@@ -163,6 +163,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible.module_utils.pgmigrate import connect, connection_argument_spec, libpq_env, ops_schema_exists, sql
+from ansible.module_utils.pgmigrate import pretty_bytes as pretty
 from ansible.module_utils.pgmigrate_backup import (
     CHECKSUM_METHOD,
     MANIFEST_FORMAT,
@@ -187,14 +188,6 @@ from ansible.module_utils.pgmigrate_backup import (
     utc_stamp,
     write_manifest,
 )
-
-
-def pretty(num: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(num) < 1024 or unit == "TB":
-            return f"{num:.0f} {unit}" if unit == "B" else f"{num:.1f} {unit}"
-        num /= 1024
-    return f"{num} B"
 
 
 def preflight(module, conn, p: dict) -> dict:

@@ -76,18 +76,11 @@ import shutil
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible.module_utils.pgmigrate import connect, connection_argument_spec, resolve_table, sql
+from ansible.module_utils.pgmigrate import pretty_bytes as pretty
 
 SETTINGS = ("server_version", "lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout",
             "max_wal_size", "maintenance_work_mem", "work_mem", "shared_buffers", "wal_level", "archive_mode",
             "max_connections", "autovacuum", "synchronous_commit")
-
-
-def pretty(num: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(num) < 1024 or unit == "TB":
-            return f"{num:.0f} {unit}" if unit == "B" else f"{num:.1f} {unit}"
-        num /= 1024
-    return f"{num} B"
 
 
 def table_facts(cur, name: str) -> dict:

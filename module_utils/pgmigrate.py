@@ -105,6 +105,15 @@ def connect(module, dbname: str | None = None, autocommit: bool = False,
     return conn
 
 
+def pretty_bytes(num: float) -> str:
+    """1536 -> '1.5 kB': sizes as an operator reads them."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(num) < 1024 or unit == "TB":
+            return f"{num:.0f} {unit}" if unit == "B" else f"{num:.1f} {unit}"
+        num /= 1024
+    return f"{num} B"
+
+
 IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 
 
