@@ -2,19 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
 
-PORT = 55544
-STATE = f"/tmp/pgmigrate-molecule-{os.environ.get('MOLECULE_SCENARIO_NAME', 'backup')}"
+from pgverify import psql, state_dir
+
+STATE = state_dir()
 BACKUPS = f"{STATE}/backups"
 
 
-def psql(host, query: str, db: str = "football_prediction") -> str:
-    # testinfra quotes every argument; the password stays in a file and the environment.
-    cmd = host.run("PGPASSWORD=$(cat %s) psql -X -At -h 127.0.0.1 -p %s -U football -d %s -c %s",
-                   f"{STATE}/secrets/football.password", str(PORT), db, query)
-    assert cmd.rc == 0, cmd.stderr
-    return cmd.stdout.strip()
 
 
 def test_backup_directory_is_private_and_holds_one_backup(host):

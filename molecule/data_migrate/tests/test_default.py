@@ -2,19 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 
-STATE = f"/tmp/pgmigrate-molecule-{os.environ.get('MOLECULE_SCENARIO_NAME', 'data_migrate')}"
-PORT = 55536
+from pgverify import psql, state_dir
+
+STATE = state_dir()
 
 
-def psql(host, query: str) -> str:
-    # testinfra quotes every argument; the password stays in a file and the environment.
-    cmd = host.run(
-        "PGPASSWORD=$(cat %s) psql -X -At -h 127.0.0.1 -p %s -U football -d football_prediction -c %s",
-        f"{STATE}/secrets/football.password", str(PORT), query)
-    assert cmd.rc == 0, cmd.stderr
-    return cmd.stdout.strip()
 
 
 def test_every_prediction_backfilled(host):

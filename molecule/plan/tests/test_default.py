@@ -1,21 +1,8 @@
 """Verify the plan role against the scenario's real PostgreSQL (testinfra)."""
 from __future__ import annotations
 
-import os
-
 import pytest
-
-PORT = 55501
-
-
-def psql(host, query: str) -> str:
-    state = f"/tmp/pgmigrate-molecule-{os.environ['MOLECULE_SCENARIO_NAME']}"
-    # testinfra quotes every argument; the password stays in a file and the environment.
-    cmd = host.run(
-        "PGPASSWORD=$(cat %s) psql -X -At -h 127.0.0.1 -p %s -U football -d football_prediction -c %s",
-        f"{state}/secrets/football.password", str(PORT), query)
-    assert cmd.rc == 0, cmd.stderr
-    return cmd.stdout.strip()
+from pgverify import psql
 
 
 @pytest.mark.parametrize("table", ["runs", "lock"])

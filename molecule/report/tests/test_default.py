@@ -1,17 +1,11 @@
 """Verify the report role against the scenario's real PostgreSQL (testinfra)."""
 from __future__ import annotations
 
-import os
+from pgverify import psql, state_dir
 
-PORT = 55522
-STATE = f"/tmp/pgmigrate-molecule-{os.environ.get('MOLECULE_SCENARIO_NAME', 'report')}"
+STATE = state_dir()
 
 
-def psql(host, query: str) -> str:
-    cmd = host.run("PGPASSWORD=$(cat %s) psql -X -At -h 127.0.0.1 -p %s -U football -d football_prediction -c %s",
-                   f"{STATE}/secrets/football.password", str(PORT), query)
-    assert cmd.rc == 0, cmd.stderr
-    return cmd.stdout.strip()
 
 
 def test_both_runs_closed_and_lock_released(host):

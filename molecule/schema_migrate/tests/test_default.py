@@ -1,21 +1,8 @@
 """Verify the schema_migrate role against the scenario's real PostgreSQL (testinfra)."""
 from __future__ import annotations
 
-import os
-
 import pytest
-
-PORT = 55515
-
-
-def psql(host, query: str) -> str:
-    state = f"/tmp/pgmigrate-molecule-{os.environ['MOLECULE_SCENARIO_NAME']}"
-    # testinfra quotes every argument; the password stays in a file and the environment.
-    cmd = host.run(
-        "PGPASSWORD=$(cat %s) psql -X -At -h 127.0.0.1 -p %s -U football -d football_prediction -c %s",
-        f"{state}/secrets/football.password", str(PORT), query)
-    assert cmd.rc == 0, cmd.stderr
-    return cmd.stdout.strip()
+from pgverify import psql
 
 
 def test_database_is_at_the_plans_revision(host):

@@ -2,17 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 
-PORT = 55521
-STATE = f"/tmp/pgmigrate-molecule-{os.environ.get('MOLECULE_SCENARIO_NAME', 'validate')}"
+from pgverify import psql, state_dir
+
+STATE = state_dir()
 
 
-def psql(host, query: str) -> str:
-    cmd = host.run("PGPASSWORD=$(cat %s) psql -X -At -h 127.0.0.1 -p %s -U football -d football_prediction -c %s",
-                   f"{STATE}/secrets/football.password", str(PORT), query)
-    assert cmd.rc == 0, cmd.stderr
-    return cmd.stdout.strip()
 
 
 def statuses(host) -> dict:
