@@ -229,7 +229,8 @@ class Bench:
         args = {"login_host": "127.0.0.1", "login_port": self.port, "login_user": "football",
                 "login_password": self.password, "login_db": db, "name": BACKFILL["name"], "table": "predictions",
                 "where": BACKFILL["where"], "batch_size": BACKFILL.get("batch_size", 10000),
-                "target_batch_ms": BACKFILL.get("target_batch_ms", 100), "pause_ms": BACKFILL.get("pause_ms", 0),
+                "target_batch_ms": self.args.target_batch_ms or BACKFILL.get("target_batch_ms", 100),
+                "pause_ms": BACKFILL.get("pause_ms", 0),
                 "lock_timeout": BACKFILL.get("lock_timeout", "2s"), "workers": self.args.workers,
                 "progress_file": str(self.work / f"progress-{db}.jsonl")}
         if python:
@@ -417,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=200, help="pgbench transactions per second")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--workers", type=int, default=1, help="pg_batch_update workers")
+    parser.add_argument("--target-batch-ms", type=int, default=0,
+                        help="pg_batch_update target batch duration (default: the plan's)")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "latest.json"))
     parser.add_argument("--baseline-s", type=float, default=10.0, help="seconds of the load-alone baseline")
