@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT, VENV_BIN, alembic, ansible_env, conn_args, run_module, run_playbook, write_vars
+from psycopg2 import sql
 
 PLAN = yaml.safe_load((ROOT / "migrations" / "2.0.0.yml").read_text())
 BACKFILL = PLAN["backfills"][0]
@@ -69,8 +70,10 @@ def reference_rows(pg, v2_template):
     name = pg.create_database(template=v2_template)
     conn = pg.connect(name)
     with conn.cursor() as cur:
-        assignments = ", ".join(f"{col} = {expr}" for col, expr in BACKFILL["set"].items())
-        cur.execute(f"UPDATE predictions SET {assignments}")
+        # The plan's expressions are operator SQL by design; the column names are identifiers.
+        assignments = sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(col), sql.SQL(expr))
+                                         for col, expr in BACKFILL["set"].items())
+        cur.execute(sql.SQL("UPDATE predictions SET {}").format(assignments))
     conn.close()
     rows = snapshot(pg, name)
     pg.drop_database(name)
@@ -295,8 +298,9 @@ def writer_loop(pg, db, stop, written, accuracy_expr):
     with conn.cursor() as cur:
         while not stop.is_set():
             pid, result = rng.randint(1, 3000), rng.choice("HDA")
-            cur.execute(f"UPDATE predictions SET actual_result = v.r, model_accuracy = ({accuracy_expr}) "
-                        "FROM (SELECT %s::text AS r) v WHERE id = %s", (result, pid))
+            cur.execute(sql.SQL("UPDATE predictions SET actual_result = v.r, model_accuracy = ({}) "
+                                "FROM (SELECT %s::text AS r) v WHERE id = %s").format(sql.SQL(accuracy_expr)),
+                        (result, pid))
             written.append(pid)
     conn.close()
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from conftest import ROOT, VENV_BIN, ansible_env, run_playbook, write_vars
+from psycopg2 import sql
 from validate_helpers import query, start_app, stop
 
 
@@ -33,7 +34,8 @@ def snapshot(pg, db: str) -> dict:
                     "WHERE table_schema NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2, 3")
         out["columns"] = cur.fetchall()
         for table in ("teams", "matches", "predictions", "alembic_version"):
-            cur.execute(f"SELECT md5(string_agg(t::text, '|' ORDER BY t::text)) FROM {table} t")  # fixed names
+            cur.execute(sql.SQL("SELECT md5(string_agg(t::text, '|' ORDER BY t::text)) FROM {} t")
+                        .format(sql.Identifier(table)))
             out[table] = cur.fetchone()[0]
         cur.execute("SELECT to_regclass('migration_ops.runs') IS NOT NULL")
         if cur.fetchone()[0]:
