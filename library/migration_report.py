@@ -118,6 +118,8 @@ HISTORY_HEADER = ("# Migration history\n\nOne line per migration run, appended b
                   "(`roles/report`). Newest last.\n\n"
                   "| date (UTC) | environment | database | version | run | outcome | duration | records migrated | "
                   "validation | report |\n|---|---|---|---|---|---|---|---|---|---|\n")
+RUNBOOK_ORDER = {name: i for i, name in enumerate(
+    ("plan", "backup", "schema", "data", "deploy", "validate", "report", "rollback"))}
 
 
 def read_run(cur, schema: str, run_id: int | None) -> dict:
@@ -219,8 +221,10 @@ def summarise(p: dict, run: dict, validation: dict, progress: dict, revision: st
         "operator": run.get("operator"), "started_at": run.get("started_at"), "duration_s": run.get("elapsed_s"),
         "records_migrated": records, "records_source": records_source, "backfills": backfills,
         "errors": errors, "downtime": downtime,
+        # In runbook order (jsonb keeps its keys sorted by length, not by meaning).
         "phases": {n: {"status": i.get("status"), "duration_s": i.get("duration_s")}
-                   for n, i in phases.items() if isinstance(i, dict)},
+                   for n, i in sorted(phases.items(), key=lambda kv: RUNBOOK_ORDER.get(kv[0], len(RUNBOOK_ORDER)))
+                   if isinstance(i, dict)},
         "backup": {"path": run.get("backup_path") or backup.get("path") or backup.get("backup_path"),
                    "verified": run.get("backup_verified") if run.get("backup_verified") is not None
                    else backup.get("verified")},
