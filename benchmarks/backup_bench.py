@@ -38,6 +38,7 @@ import psycopg2
 from psycopg2 import sql
 
 ROOT = Path(__file__).resolve().parent.parent
+OWNER = "football"  # the login role that owns the benchmark databases
 APP = ROOT / "examples" / "football_prediction"
 VENV_BIN = Path(sys.executable).parent
 RESULTS = ROOT / "benchmarks" / "results" / "backup_latest.json"
@@ -68,7 +69,7 @@ class Bench:
         with (self.cluster.data / "postgresql.conf").open("a") as fh:
             fh.write("max_wal_size = 4GB\ncheckpoint_timeout = 15min\n")
         self.cluster.start()
-        self.password = self.cluster.ensure_database(self.db, "football")
+        self.password = self.cluster.ensure_database(self.db, OWNER)
         self.port = self.cluster.port
 
     def stop(self) -> None:
@@ -79,7 +80,7 @@ class Bench:
 
     def env(self, dbname: str) -> dict:
         env = dict(os.environ)
-        env.update(PGHOST="127.0.0.1", PGPORT=str(self.port), PGUSER="football", PGPASSWORD=self.password,
+        env.update(PGHOST="127.0.0.1", PGPORT=str(self.port), PGUSER=OWNER, PGPASSWORD=self.password,
                    PGDATABASE=dbname)
         return env
 
@@ -106,7 +107,7 @@ class Bench:
         return {"database_size_bytes": size, "predictions": rows}
 
     def conn_kwargs(self) -> dict:
-        return {"host": "127.0.0.1", "port": self.port, "user": "football", "password": self.password,
+        return {"host": "127.0.0.1", "port": self.port, "user": OWNER, "password": self.password,
                 "dbname": self.db}
 
     # -- the three measurements ------------------------------------------------------------
@@ -120,7 +121,8 @@ class Bench:
         name = "bench_plain_restore"
         conn = self.admin()
         with conn.cursor() as cur:
-            cur.execute(sql.SQL("CREATE DATABASE {} OWNER football TEMPLATE template0").format(sql.Identifier(name)))
+            cur.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0").format(
+                sql.Identifier(name), sql.Identifier(OWNER)))
         start = time.monotonic()
         subprocess.run(["pg_restore", "--exit-on-error", f"--jobs={self.args.jobs}", f"--dbname={name}",
                         str(path)], env=self.env(name), check=True)
@@ -133,7 +135,7 @@ class Bench:
     def ours(self, i: int) -> dict:
         backup_dir = self.work / f"ours-{i}"
         result_file = self.work / f"ours-{i}.json"
-        conn = {"login_host": "127.0.0.1", "login_port": self.port, "login_user": "football",
+        conn = {"login_host": "127.0.0.1", "login_port": self.port, "login_user": OWNER,
                 "login_password": self.password, "login_db": self.db}
         play = [{"name": "Back up and prove", "hosts": "localhost", "gather_facts": False, "tasks": [
             {"name": "Dump", "pg_backup": {**conn, "backup_dir": str(backup_dir), "version": "2.0.0",

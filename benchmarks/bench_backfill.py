@@ -43,6 +43,7 @@ import yaml
 from psycopg2 import sql
 
 ROOT = Path(__file__).resolve().parent.parent
+OWNER = "football"  # the login role that owns the benchmark databases
 APP = ROOT / "examples" / "football_prediction"
 VENV_BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -84,7 +85,7 @@ class Bench:
         with conf.open("a") as fh:  # a little headroom for a 5M-row table; defaults otherwise
             fh.write("max_wal_size = 4GB\ncheckpoint_timeout = 15min\n")
         self.cluster.start()
-        self.password = self.cluster.ensure_database("bench_admin", "football")
+        self.password = self.cluster.ensure_database("bench_admin", OWNER)
         self.port = self.cluster.port
 
     def stop(self) -> None:
@@ -100,14 +101,14 @@ class Bench:
         return conn
 
     def connect(self, dbname: str, autocommit: bool = False):
-        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="football", password=self.password,
+        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user=OWNER, password=self.password,
                                 dbname=dbname, application_name="bench")
         conn.autocommit = autocommit
         return conn
 
     def env(self, dbname: str) -> dict:
         env = dict(os.environ)
-        env.update(PGHOST="127.0.0.1", PGPORT=str(self.port), PGUSER="football", PGPASSWORD=self.password,
+        env.update(PGHOST="127.0.0.1", PGPORT=str(self.port), PGUSER=OWNER, PGPASSWORD=self.password,
                    PGDATABASE=dbname)
         return env
 
@@ -115,7 +116,7 @@ class Bench:
         log(f"seeding {rows:,} predictions into template {name}")
         conn = self.admin()
         with conn.cursor() as cur:
-            cur.execute(sql.SQL("CREATE DATABASE {} OWNER football").format(sql.Identifier(name)))
+            cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(OWNER)))
         conn.close()
         subprocess.run([str(VENV_BIN / "alembic"), "-c", str(APP / "alembic.ini"), "upgrade", "v2_0_0"],
                        env=self.env(name), check=True, capture_output=True, cwd=ROOT)
@@ -131,8 +132,8 @@ class Bench:
         conn = self.admin()
         with conn.cursor() as cur:
             cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-            cur.execute(sql.SQL("CREATE DATABASE {} OWNER football TEMPLATE {} STRATEGY FILE_COPY").format(
-                sql.Identifier(name), sql.Identifier(template)))
+            cur.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE {} STRATEGY FILE_COPY").format(
+                sql.Identifier(name), sql.Identifier(OWNER), sql.Identifier(template)))
             cur.execute("CHECKPOINT")
         conn.close()
         return name
@@ -226,7 +227,7 @@ class Bench:
         return {"wall_s": wall, "max_lock_ms": wall * 1000.0}  # every row stays locked until the commit
 
     def module(self, db: str, python: bool) -> dict:
-        args = {"login_host": "127.0.0.1", "login_port": self.port, "login_user": "football",
+        args = {"login_host": "127.0.0.1", "login_port": self.port, "login_user": OWNER,
                 "login_password": self.password, "login_db": db, "name": BACKFILL["name"], "table": "predictions",
                 "where": BACKFILL["where"], "batch_size": BACKFILL.get("batch_size", 10000),
                 "target_batch_ms": self.args.target_batch_ms or BACKFILL.get("target_batch_ms", 100),
