@@ -15,6 +15,9 @@ description:
     the lock the module fails and names that run. A lock whose owner is gone (its C(ansible-playbook) process
     no longer exists on this control host, or it sent no heartbeat for O(stale_after) seconds) is reported as
     stale and is broken only with O(break_lock=true); the run that held it is marked failed.
+  - A run is alive while any of its database sessions is connected (sessions named
+    C(pgmigrate-ops run <id> ...), or holding a backfill's advisory lock): such a lock is never called stale,
+    even when its playbook is gone, and the refusal names those sessions.
   - O(state=absent) releases the lock held by O(run_id) and closes that run with O(run_status).
     It never releases a lock held by another run.
   - O(state=query) reports the lock and its owner without changing anything.
@@ -131,7 +134,14 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible.module_utils.pgmigrate import connect, connection_argument_spec, ensure_ops_schema, ops_schema_exists, sql
+from ansible.module_utils.pgmigrate import (
+    RUN_APP_PREFIX,
+    connect,
+    connection_argument_spec,
+    ensure_ops_schema,
+    ops_schema_exists,
+    sql,
+)
 from ansible.module_utils.pgmigrate_owner import find_owner_pid, hostname, pid_alive, process_start
 
 ADVISORY_KEY = "pgmigrate-ops:ledger"
@@ -165,6 +175,29 @@ def staleness(lock: dict, stale_after: int) -> str | None:
     return None
 
 
+BACKFILL_ADVISORY_CLASS = "pgmigrate-ops:backfill"  # module_utils/pgmigrate_batch.py ADVISORY_CLASS
+
+
+def live_sessions(cur, run_id: int) -> list[dict]:
+    """Database sessions that still work for the run: named after it (application_name), or holding a
+    backfill's advisory lock in this database.  While one is connected, the run is alive."""
+    cur.execute(
+        "SELECT a.pid, a.application_name, a.state, a.backend_start, a.query_start FROM pg_stat_activity a "
+        "WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() AND (a.application_name LIKE %s "
+        "OR EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'advisory' AND l.granted "
+        "AND l.classid = hashtext(%s)::oid)) ORDER BY a.backend_start",
+        (f"{RUN_APP_PREFIX}{int(run_id)} %", BACKFILL_ADVISORY_CLASS))
+    return [{"pid": r[0], "application_name": r[1], "state": r[2],
+             "backend_start": r[3].isoformat() if r[3] else None,
+             "query_start": r[4].isoformat() if r[4] else None} for r in cur.fetchall()]
+
+
+def describe_sessions(sessions: list[dict]) -> str:
+    return "; ".join(f"server pid {s['pid']} ({s['application_name'] or 'no application_name'}, "
+                     f"{s['state'] or 'state hidden'}, connected since {s['backend_start'] or '?'})"
+                     for s in sessions)
+
+
 def describe(lock: dict) -> str:
     return (f"run #{lock['run_id']} ({lock['kind']} to {lock['version']}, operator {lock['operator']}, "
             f"ansible-playbook pid {lock['control_pid']} on {lock['control_host']}, "
@@ -187,6 +220,15 @@ def acquire(module, cur, schema: str, p: dict) -> dict:
         return result
     if lock:
         why = staleness(lock, p["stale_after"])
+        sessions = live_sessions(cur, lock["run_id"]) if why is not None else []
+        if sessions:
+            lock.update(stale=False, live_sessions=sessions)
+            module.fail_json(msg=f"database {p['login_db']} is locked by {describe(lock)}: its playbook is gone "
+                                 f"({why}), but the run still works in the database: "
+                                 f"{describe_sessions(sessions)}. The lock is not stale and is not broken, "
+                                 "break_lock or not. A backfill whose playbook died stops by itself at its next "
+                                 "batch boundary within seconds; wait for these sessions to end (or end them with "
+                                 "SELECT pg_terminate_backend(pid)), then rerun", lock=lock)
         lock["stale"] = why is not None
         if why is None:
             module.fail_json(msg=f"database {p['login_db']} is locked by {describe(lock)}; a second migration is "
@@ -294,7 +336,8 @@ def main() -> None:
                 lock = read_lock(cur, schema, p["lock_name"]) if ops_schema_exists(cur, schema) else None
                 if lock:
                     why = staleness(lock, p["stale_after"])
-                    lock.update(stale=why is not None, stale_reason=why)
+                    sessions = live_sessions(cur, lock["run_id"]) if why is not None else []
+                    lock.update(stale=why is not None and not sessions, stale_reason=why, live_sessions=sessions)
                 result = {"changed": False, "run_id": lock["run_id"] if lock else None, "lock": lock,
                           "ops_schema_created": False}
         if module.check_mode:

@@ -113,6 +113,7 @@ from ansible.module_utils.pgmigrate_report import chart_svg, read_progress
 from ansible.module_utils.pgmigrate_validate import describe_catalog
 
 from ansible.module_utils.pgmigrate import connect, connection_argument_spec, ops_schema_exists, sql
+from ansible.module_utils.pgmigrate_batch import read_passes
 
 HISTORY_HEADER = ("# Migration history\n\nOne line per migration run, appended by the report phase "
                   "(`roles/report`). Newest last.\n\n"
@@ -154,49 +155,69 @@ def facts_of(run: dict, phase: str) -> dict:
     return info.get("facts", {}) if isinstance(info, dict) else {}
 
 
-def backfill_figures(run: dict, progress: dict) -> list[dict]:
+def migration_runs(cur, schema: str, version: str) -> list[dict]:
+    """The runs of this migration: every run to ``version`` since the last one that was rolled back
+    (work done before a rollback was undone by it)."""
+    cur.execute(sql.SQL("SELECT id, kind, status FROM {}.runs WHERE version = %s AND id > coalesce((SELECT max(id) "
+                        "FROM {}.runs WHERE version = %s AND status = 'rolled_back'), 0) ORDER BY id").format(
+        sql.Identifier(schema), sql.Identifier(schema)), (version, version))
+    return [{"id": r[0], "kind": r[1], "status": r[2]} for r in cur.fetchall()]
+
+
+def _seconds(start: str | None, end: str | None) -> float:
+    if not start or not end:
+        return 0.0
+    return max((datetime.datetime.fromisoformat(end) - datetime.datetime.fromisoformat(start)).total_seconds(), 0.0)
+
+
+def backfill_figures(plan: dict, run_id: int | None, passes: list[dict]) -> list[dict]:
+    """Per backfill of the plan: what this run did and what the migration did as a whole (every
+    execution of every run of it, killed and resumed ones included), from the pass records that
+    each batch's own transaction updated (migration_ops.batch_passes)."""
     figures = []
-    for name, records in sorted(progress.items()):
-        last = records[-1]
-        rates = [float(r["rate"]) for r in records if isinstance(r.get("rate"), (int, float))]
-        figures.append({"name": name, "rows_done": last.get("rows_done"), "rows_total": last.get("rows_total"),
-                        "batches": last.get("batches", len(records)), "retries": last.get("retries", 0) or 0,
-                        "holds": last.get("holds", 0) or 0,
-                        "mean_rate": round(sum(rates) / len(rates), 1) if rates else None,
-                        "source": "progress file"})
-    data = facts_of(run, "data").get("backfills")
-    if isinstance(data, dict):
-        data = [dict(v, name=k) for k, v in data.items() if isinstance(v, dict)]
-    known = {f["name"] for f in figures}
-    for item in data if isinstance(data, list) else []:
-        if isinstance(item, dict) and item.get("name") not in known:
-            figures.append({"name": item.get("name"), "rows_done": item.get("rows_updated", item.get("rows_done")),
-                            "rows_total": item.get("rows_total"), "batches": item.get("batches"),
-                            "retries": item.get("retries", 0) or 0, "holds": item.get("holds", 0) or 0,
-                            "mean_rate": item.get("rows_per_second"), "source": "ledger"})
+    for backfill in plan.get("backfills") or []:
+        name = backfill.get("name")
+        mine = [x for x in passes if x["backfill"] == name]
+        this_run = [x for x in mine if run_id is not None and x["run_id"] == run_id]
+        started = min((x["started_at"] for x in this_run), default=None)
+        ended = max((x["finished_at"] or x["started_at"] for x in this_run), default=None)
+        wall = _seconds(started, ended)
+        done = sum(x["rows_done"] for x in this_run)
+        figures.append({
+            "name": name, "table": backfill.get("table"),
+            "rows_updated": sum(x["rows_updated"] for x in this_run), "rows_done": done,
+            "batches": sum(x["batches"] for x in this_run),
+            "status": ("not run" if not this_run else "failed" if any(x["status"] == "failed" for x in this_run)
+                       else "interrupted" if any(x["status"] == "interrupted" for x in this_run)
+                       else "running" if any(x["status"] == "running" for x in this_run) else "done"),
+            "duration_s": round(wall, 1) if this_run else None,
+            "mean_rate": round(done / wall, 1) if wall > 0 else None,
+            "migration_rows_updated": sum(x["rows_updated"] for x in mine),
+            "migration_runs": sorted({x["run_id"] for x in mine if x["run_id"] is not None}),
+            "interrupted_executions": sum(1 for x in mine if x["status"] == "interrupted"),
+            "source": "ledger (batch_passes)"})
     return figures
 
 
-def summarise(p: dict, run: dict, validation: dict, progress: dict, revision: str | None) -> dict:
+def summarise(p: dict, run: dict, validation: dict, passes: list[dict], runs: list[dict],
+              revision: str | None) -> dict:
     plan = p["plan"]
     checks = validation.get("checks") or []
-    migrated_checks = [c for c in checks
-                       if c.get("kind") == "migrated_percentage" and c.get("rows_migrated") is not None]
-    backfills = backfill_figures(run, progress)
-    if backfills and all(b.get("rows_done") is not None for b in backfills):
-        records = sum(int(b["rows_done"]) for b in backfills)
-        records_source = "backfill progress"
-    elif migrated_checks:
-        by_table: dict[str, int] = {}
-        for c in migrated_checks:
-            by_table[c.get("table", "?")] = max(by_table.get(c.get("table", "?"), 0), int(c["rows_migrated"]))
-        records = sum(by_table.values())
-        records_source = "counted by the validation checks"
+    backfills = backfill_figures(plan, run.get("id") or p["run_id"], passes)
+    if backfills:
+        records = sum(b["migration_rows_updated"] for b in backfills)
+        records_this_run = sum(b["rows_updated"] for b in backfills)
+        ids = sorted({i for b in backfills for i in b["migration_runs"]})
+        records_source = (f"rows the plan's backfills updated in the runs of this migration "
+                          f"({', '.join('#' + str(i) for i in ids) or 'none yet'}; killed and resumed ones "
+                          f"included); this run: {records_this_run:,}")
     else:
-        records, records_source = None, "not measured"
+        records, records_this_run, records_source = None, None, "the plan has no backfills"
     phases = run.get("phases", {})
     failed_phases = [n for n, i in phases.items() if isinstance(i, dict) and i.get("status") == "failed"]
-    retries = sum(int(b.get("retries") or 0) for b in backfills)
+    ledger_backfills = facts_of(run, "data").get("backfills")
+    retries = sum(int(b.get("retries") or 0) for b in ledger_backfills if isinstance(b, dict)) \
+        if isinstance(ledger_backfills, list) else 0
     warnings = [c["name"] for c in checks if c.get("severity") == "warning" and c.get("status") in ("failed", "error")]
     errors = []
     if retries:
@@ -219,7 +240,9 @@ def summarise(p: dict, run: dict, validation: dict, progress: dict, revision: st
         "run_id": run.get("id") or p["run_id"], "version": p["version"], "from_version": plan.get("from_version"),
         "title": plan.get("title"), "environment": p["environment"], "outcome": p["outcome"],
         "operator": run.get("operator"), "started_at": run.get("started_at"), "duration_s": run.get("elapsed_s"),
-        "records_migrated": records, "records_source": records_source, "backfills": backfills,
+        "records_migrated": records, "records_migrated_this_run": records_this_run,
+        "records_source": records_source, "backfills": backfills,
+        "migration_runs": runs,
         "errors": errors, "downtime": downtime,
         # In runbook order (jsonb keeps its keys sorted by length, not by meaning).
         "phases": {n: {"status": i.get("status"), "duration_s": i.get("duration_s")}
@@ -289,14 +312,16 @@ def report_markdown(s: dict, validation: dict, files: dict, generated: str) -> s
             f"(live now: {rev.get('live') or '-'})",
             "", "## Data migration", ""]
     if s["backfills"]:
-        out += ["| backfill | rows done | rows total | batches | retries | holds | mean rows/s |",
-                "|---|---|---|---|---|---|---|"]
+        out += ["| backfill | this run | rows updated (run) | rows walked (run) | batches (run) | duration (run) "
+                "| mean rows/s (run) | rows updated (migration) | runs |",
+                "|---|---|---|---|---|---|---|---|---|"]
         for b in s["backfills"]:
-            out.append(f"| {b['name']} | {_fmt(b.get('rows_done'))} | {_fmt(b.get('rows_total'))} | "
-                       f"{_fmt(b.get('batches'))} | {_fmt(b.get('retries'))} | {_fmt(b.get('holds'))} | "
-                       f"{_fmt(b.get('mean_rate'))} |")
+            out.append(f"| {b['name']} | {b['status']} | {_fmt(b.get('rows_updated'))} | {_fmt(b.get('rows_done'))} | "
+                       f"{_fmt(b.get('batches'))} | {_fmt(b.get('duration_s'), ' s')} | {_fmt(b.get('mean_rate'))} | "
+                       f"{_fmt(b.get('migration_rows_updated'))} | "
+                       f"{', '.join('#' + str(i) for i in b['migration_runs']) or '-'} |")
     else:
-        out.append("No backfill progress was recorded for this run.")
+        out.append("The plan has no backfills.")
     out += ["", "## Validation", "", "| check | kind | status | finding |", "|---|---|---|---|"]
     for c in validation.get("checks") or []:
         status = c.get("status") + (" (warning)" if c.get("severity") == "warning" else "")
@@ -409,6 +434,9 @@ def main() -> None:
     try:
         with conn.cursor() as cur:
             run = read_run(cur, p["ops_schema"], p["run_id"])
+            runs = migration_runs(cur, p["ops_schema"], p["version"]) if ops_schema_exists(cur, p["ops_schema"]) else []
+            passes = read_passes(cur, p["ops_schema"], names=[b.get("name") for b in p["plan"].get("backfills") or []],
+                                 run_ids=[r["id"] for r in runs])
             revision = live_revision(cur)
             tables = describe_catalog(cur, [p["ops_schema"]]) if p["docs_dir"] and p["data_model"] else []
             cur.execute("SELECT current_database()")
@@ -421,8 +449,12 @@ def main() -> None:
     if p["run_id"] and not run:
         module.fail_json(msg=f"run #{p['run_id']} is not in the ledger ({p['ops_schema']}.runs); check report_run_id")
     validation = p["validation"] or facts_of(run, "validate").get("validation") or {}
-    progress = read_progress(p["log_dir"]) if p["log_dir"] else {}
-    summary = summarise(p, run, validation, progress, revision)
+    # The chart: this run's lines of the plan's backfills only (the log keeps every run's lines).
+    names = {b.get("name") for b in p["plan"].get("backfills") or []}
+    progress = {name: [r for r in records if r.get("run_id") == (run.get("id") or p["run_id"])]
+                for name, records in (read_progress(p["log_dir"]) if p["log_dir"] else {}).items() if name in names}
+    progress = {name: records for name, records in progress.items() if records}
+    summary = summarise(p, run, validation, passes, runs, revision)
     generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     base = os.path.join(p["report_dir"], p["version"])
     files = {"validation_txt": os.path.join(base, f"migration_validation_{date}.txt"),

@@ -91,9 +91,20 @@ options:
         description: Size of the window in hours.
         type: float
       since_last_run:
-        description: Only rows since the start of the last completed pass (all rows when there was none).
+        description:
+          - Only rows since the safe watermark of the last completed pass (all rows when there was none).
+          - The watermark is the start of that pass, moved back to the start of the oldest transaction that was
+            still open in the database when the pass began (a row it inserted may carry an older timestamp and
+            commit later), and back by O(incremental.overlap_s) more.
         type: bool
         default: false
+      overlap_s:
+        description:
+          - Seconds the watermark of O(incremental.since_last_run) moves back beyond the oldest open transaction,
+            for timestamps the application sets before its transaction starts. Rows in the overlap are visited
+            again, so the transform must be idempotent (a O(where) that skips migrated rows makes them no-ops).
+        type: float
+        default: 0
   batch_size:
     description: Rows in the first batch.
     type: int
@@ -159,8 +170,30 @@ options:
     type: float
     default: 1
   run_id:
-    description: Ledger run the backfill belongs to (recorded in the checkpoint).
+    description:
+      - Ledger run the backfill belongs to, recorded in the checkpoint and with every execution in
+        O(ops_schema).batch_passes (rows, batches, status), so a report counts the rows of runs that were killed.
+      - Its database sessions are named C(pgmigrate-ops run <run_id> backfill <name>) (C(application_name)); the
+        migration lock of that run is not stale while any of them is connected.
     type: int
+  controller_pid:
+    description:
+      - PID of the C(ansible-playbook) (or C(ansible-runner)) that controls this backfill. While the backfill runs
+        it checks every second that this process still lives (with O(controller_pid_start), so a recycled PID is
+        not taken for it), and when it is gone (C(kill -9), Ctrl-C, a lost session) the workers stop at their
+        next batch boundary, the checkpoint kept, so that the next run resumes.
+      - Unset, the module looks for its outermost ansible driver process itself (not found when it runs under
+        C(async), which detaches it: the data_migrate role passes the lock owner's PID). V(0) turns the watch off.
+    type: int
+  controller_pid_start:
+    description: Start time of O(controller_pid) (field 22 of C(/proc/PID/stat)), as the migration lock records it.
+    type: str
+  controller_host:
+    description: Host name of O(controller_pid); on another host the process cannot be watched and is not.
+    type: str
+  progress_token:
+    description: A word written into every progress line, so a follower can tell this run's lines from older ones.
+    type: str
   restart:
     description: Discard an unfinished pass and start a new one from the beginning.
     type: bool
@@ -208,7 +241,7 @@ EXAMPLES = r'''
 
 RETURN = r'''
 rows_updated:
-  description: Rows this run updated.
+  description: Rows this run updated (every execution is also recorded in O(ops_schema).batch_passes).
   returned: success
   type: int
   sample: 1000000
@@ -279,14 +312,22 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible.module_utils.pgmigrate import HAS_PSYCOPG2, PSYCOPG2_IMP_ERR, connect, connection_argument_spec
+from ansible.module_utils.pgmigrate import (
+    HAS_PSYCOPG2,
+    PSYCOPG2_IMP_ERR,
+    RUN_APP_PREFIX,
+    connect,
+    connection_argument_spec,
+)
 from ansible.module_utils.pgmigrate_batch import Backfill, BackfillError, Spec, read_checkpoints, summarise_checkpoints
+from ansible.module_utils.pgmigrate_owner import find_owner_pid, hostname, process_start
 
 SPEC_OPTIONS = ("name", "table", "key", "set", "python", "python_path", "columns", "read_columns", "where",
                 "incremental", "batch_size", "min_batch_size", "max_batch_size", "target_batch_ms", "pause_ms",
                 "lock_timeout", "statement_timeout", "max_retries", "workers", "max_replication_lag_s",
                 "hold_on_autovacuum", "max_archive_backlog", "hold_poll_s", "max_hold_s", "progress_file",
-                "metrics_file", "progress_interval_s", "run_id", "restart", "ops_schema", "check_count_limit")
+                "metrics_file", "progress_interval_s", "run_id", "controller_pid", "controller_pid_start",
+                "controller_host", "progress_token", "restart", "ops_schema", "check_count_limit")
 
 
 def argument_spec() -> dict:
@@ -304,7 +345,8 @@ def argument_spec() -> dict:
         incremental=dict(type="dict", options=dict(
             column=dict(type="str", default="created_at"),
             hours=dict(type="float"),
-            since_last_run=dict(type="bool", default=False))),
+            since_last_run=dict(type="bool", default=False),
+            overlap_s=dict(type="float", default=0.0))),
         batch_size=dict(type="int", default=10000),
         min_batch_size=dict(type="int", default=100),
         max_batch_size=dict(type="int", default=100000),
@@ -323,6 +365,10 @@ def argument_spec() -> dict:
         metrics_file=dict(type="path"),
         progress_interval_s=dict(type="float", default=1.0),
         run_id=dict(type="int"),
+        controller_pid=dict(type="int"),
+        controller_pid_start=dict(type="str"),
+        controller_host=dict(type="str"),
+        progress_token=dict(type="str", no_log=False),
         restart=dict(type="bool", default=False),
         check_count_limit=dict(type="int", default=5_000_000),
     )
@@ -355,7 +401,13 @@ def main() -> None:
     spec = Spec(**{k: p[k] for k in SPEC_OPTIONS})
     spec.set = {str(k): str(v) for k, v in p["set"].items()} if p["set"] else None
     spec.incremental = dict(p["incremental"]) if p["incremental"] else None
-    app = f"pgmigrate-ops:pg_batch_update:{spec.name}"
+    if spec.controller_pid is None:
+        spec.controller_pid = find_owner_pid()
+        spec.controller_pid_start = process_start(spec.controller_pid) if spec.controller_pid else None
+        spec.controller_host = hostname()
+    # The run's sessions carry its id: the migration lock is not stale while one of them is connected.
+    app = (f"{RUN_APP_PREFIX}{spec.run_id} backfill {spec.name}" if spec.run_id is not None
+           else f"pgmigrate-ops:pg_batch_update:{spec.name}")[:63]
     engine = Backfill(spec, lambda: connect(module, application_name=app))
     try:
         try:

@@ -28,6 +28,9 @@ except ImportError:  # pragma: no cover - exercised only without the library
 
 DEFAULT_OPS_SCHEMA = "migration_ops"
 OPS_SCHEMA_VERSION = 1
+# application_name of every database session that works for a run: "pgmigrate-ops run <id> <what>".
+# A run is alive while any of them is connected (migration_lock never calls such a lock stale).
+RUN_APP_PREFIX = "pgmigrate-ops run "
 
 
 def connection_argument_spec() -> dict:

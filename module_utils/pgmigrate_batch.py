@@ -47,11 +47,14 @@ except ImportError:  # pragma: no cover - the module reports missing_required_li
     psycopg2 = None
     sql = None
 
-from ansible.module_utils.pgmigrate_metrics import write_textfile
+from ansible.module_utils.pgmigrate_metrics import merge_textfile
+from ansible.module_utils.pgmigrate_owner import hostname, pid_alive
 
 CHECKPOINT_TABLE = "batch_checkpoints"
+PASSES_TABLE = "batch_passes"
 ADVISORY_CLASS = "pgmigrate-ops:backfill"
 TEMP_TABLE = "pgmigrate_backfill_rows"
+WATCH_INTERVAL_S = 1.0  # how often a running backfill checks that its controlling playbook lives
 RETRYABLE_SQLSTATES = {"55P03": "lock timeout", "40P01": "deadlock", "40001": "serialization failure",
                        "57014": "statement timeout"}
 
@@ -98,6 +101,10 @@ class Spec:
     metrics_file: str | None = None
     progress_interval_s: float = 1.0
     run_id: int | None = None
+    controller_pid: int | None = None
+    controller_pid_start: str | None = None
+    controller_host: str | None = None
+    progress_token: str | None = None
     restart: bool = False
     ops_schema: str = "migration_ops"
     check_count_limit: int = 5_000_000
@@ -370,23 +377,79 @@ def ensure_checkpoint_table(cur, schema: str) -> None:
         last_error text,
         PRIMARY KEY (backfill, worker)
     )""").format(s, sql.Identifier(CHECKPOINT_TABLE)))
+    # The safe watermark of an incremental pass (item: rows committed late); older tables gain it.
+    cur.execute(sql.SQL("ALTER TABLE {}.{} ADD COLUMN IF NOT EXISTS watermark timestamptz").format(
+        s, sql.Identifier(CHECKPOINT_TABLE)))
+    # Every execution of a backfill, one row per worker, updated in each batch's own transaction:
+    # the rows that a killed run committed are counted here exactly, with its run id.
+    cur.execute(sql.SQL("""CREATE TABLE IF NOT EXISTS {}.{} (
+        id bigserial PRIMARY KEY,
+        backfill text NOT NULL,
+        worker integer NOT NULL,
+        table_name text NOT NULL,
+        pass_started_at timestamptz NOT NULL,
+        resumed boolean NOT NULL DEFAULT false,
+        run_id bigint,
+        pid integer,
+        control_host text,
+        started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        finished_at timestamptz,
+        status text NOT NULL CHECK (status IN ('running', 'done', 'failed', 'interrupted')),
+        rows_done bigint NOT NULL DEFAULT 0,
+        rows_updated bigint NOT NULL DEFAULT 0,
+        batches bigint NOT NULL DEFAULT 0,
+        last_error text
+    )""").format(s, sql.Identifier(PASSES_TABLE)))
+    cur.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {}.{} (backfill, run_id)").format(
+        sql.Identifier(PASSES_TABLE + "_backfill_run"), s, sql.Identifier(PASSES_TABLE)))
 
 
 def checkpoint_ident(schema: str):
     return sql.Identifier(schema, CHECKPOINT_TABLE)
 
 
+def passes_ident(schema: str):
+    return sql.Identifier(schema, PASSES_TABLE)
+
+
+PASS_COLUMNS = ("backfill", "worker", "pass_started_at", "resumed", "run_id", "pid", "control_host", "started_at",
+                "finished_at", "status", "rows_done", "rows_updated", "batches", "last_error")
+
+
+def read_passes(cur, schema: str, names: list[str] | None = None, run_ids: list[int] | None = None) -> list[dict]:
+    """The recorded executions of backfills (all, or of these names / runs), oldest first."""
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{schema.replace(chr(34), chr(34) * 2)}".{PASSES_TABLE}',))
+    if not cur.fetchone()[0]:
+        return []
+    conds, params = [sql.SQL("true")], []
+    if names is not None:
+        conds.append(sql.SQL("backfill = ANY(%s)"))
+        params.append(list(names))
+    if run_ids is not None:
+        conds.append(sql.SQL("run_id = ANY(%s)"))
+        params.append([int(r) for r in run_ids])
+    cur.execute(sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY id").format(
+        sql.SQL(", ").join(sql.Identifier(c) for c in PASS_COLUMNS), passes_ident(schema),
+        sql.SQL(" AND ").join(conds)), params)
+    return [jsonable(dict(zip(PASS_COLUMNS, row))) for row in cur.fetchall()]
+
+
 CHECKPOINT_COLUMNS = ("worker", "range_lo", "range_hi", "last_key", "rows_done", "rows_updated", "batches",
                       "batch_size", "status", "run_id", "since", "pass_started_at", "updated_at", "finished_at",
-                      "last_success_at", "last_error", "definition_hash", "table_name")
+                      "last_success_at", "last_error", "definition_hash", "table_name", "watermark")
 
 
 def read_checkpoints(cur, schema: str, name: str) -> list[dict]:
-    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{schema.replace(chr(34), chr(34) * 2)}".{CHECKPOINT_TABLE}',))
-    if not cur.fetchone()[0]:
+    cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 "
+                "AND NOT attisdropped", (f'"{schema.replace(chr(34), chr(34) * 2)}".{CHECKPOINT_TABLE}',))
+    present = {r[0] for r in cur.fetchall()}
+    if not present:
         return []
+    # A table made by an older release lacks the newer columns until a run adds them: read them as NULL.
     cur.execute(sql.SQL("SELECT {} FROM {} WHERE backfill = %s ORDER BY worker").format(
-        sql.SQL(", ").join(sql.Identifier(c) for c in CHECKPOINT_COLUMNS), checkpoint_ident(schema)), (name,))
+        sql.SQL(", ").join(sql.Identifier(c) if c in present else sql.SQL("NULL") for c in CHECKPOINT_COLUMNS),
+        checkpoint_ident(schema)), (name,))
     return [dict(zip(CHECKPOINT_COLUMNS, row)) for row in cur.fetchall()]
 
 
@@ -452,10 +515,10 @@ def copy_value(value: Any) -> str:
 # ---------------------------------------------------------------------------------------
 METRIC_HELP = {
     "pgmigrate_backfill_rows_done": ("gauge", "Rows (keys) the backfill has processed in its current pass."),
-    "pgmigrate_backfill_rows_total": ("gauge", "Rows the current pass covers (estimate, corrected as it goes)."),
+    "pgmigrate_backfill_rows_expected": ("gauge", "Rows the current pass covers (estimate, corrected as it goes)."),
     "pgmigrate_backfill_rows_per_second": ("gauge", "Rows processed per second in this run."),
     "pgmigrate_backfill_eta_seconds": ("gauge", "Estimated seconds until the pass completes."),
-    "pgmigrate_backfill_progress_ratio": ("gauge", "rows_done / rows_total (1 when the pass is complete)."),
+    "pgmigrate_backfill_progress_ratio": ("gauge", "rows_done / rows_expected (1 when the pass is complete)."),
     "pgmigrate_backfill_batches_total": ("counter", "Batches committed in the current pass."),
     "pgmigrate_backfill_retries_total": ("counter", "Batches retried (lock timeout, deadlock) in this run."),
     "pgmigrate_backfill_holds_total": ("counter", "Health holds (replication lag, vacuum, archive backlog)."),
@@ -469,9 +532,10 @@ class Progress:
     """Thread-safe counters of one run, reported as JSON lines and Prometheus metrics."""
 
     def __init__(self, spec: Spec, table: str, done_before: int, updated_before: int, batches_before: int,
-                 remaining_estimates: dict[int, int]) -> None:
+                 remaining_estimates: dict[int, int], database: str = "") -> None:
         self.spec = spec
         self.table = table
+        self.database = database
         self.lock = threading.Lock()
         self.started = time.monotonic()
         self.done_before = done_before
@@ -553,7 +617,8 @@ class Progress:
             self.last_emit = now
             figures = self.totals()
             line = {"ts": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
-                    "backfill": self.spec.name, "table": self.table, "event": event, **figures,
+                    "backfill": self.spec.name, "table": self.table, "event": event, "run_id": self.spec.run_id,
+                    "token": self.spec.progress_token, "pid": os.getpid(), **figures,
                     "batches": self.batches_before + self.batches, "batch_size": self.batch_size,
                     "batch_ms": round(self.last_batch_ms, 1), "retries": self.retries, "holds": self.holds,
                     **extra}
@@ -564,10 +629,10 @@ class Progress:
                 self._write_metrics(figures)
 
     def _write_metrics(self, figures: dict) -> None:
-        labels = {"backfill": self.spec.name, "table": self.table}
+        labels = {"backfill": self.spec.name, "table": self.table, "database": self.database}
         values = {
             "pgmigrate_backfill_rows_done": figures["rows_done"],
-            "pgmigrate_backfill_rows_total": figures["rows_total"],
+            "pgmigrate_backfill_rows_expected": figures["rows_total"],
             "pgmigrate_backfill_rows_per_second": figures["rate"],
             "pgmigrate_backfill_eta_seconds": figures["eta_s"] if figures["eta_s"] is not None else float("nan"),
             "pgmigrate_backfill_progress_ratio": figures["progress"],
@@ -580,8 +645,8 @@ class Progress:
         }
         metrics = [{"name": name, "type": METRIC_HELP[name][0], "help": METRIC_HELP[name][1],
                     "samples": [(labels, value)]} for name, value in values.items()]
-        try:
-            write_textfile(self.spec.metrics_file, metrics)
+        try:  # one file for every backfill (and database): this backfill's series replace only its own
+            merge_textfile(self.spec.metrics_file, metrics, {"backfill": self.spec.name, "database": self.database})
         except OSError:
             pass  # metrics are best effort; the JSON lines and the result still report progress
 
@@ -703,6 +768,7 @@ class WorkerState:
     last_key: list | None
     status: str
     batch_size: int | None
+    history_id: int | None = None
 
 
 class Backfill:
@@ -714,6 +780,7 @@ class Backfill:
         self.stmts: Statements | None = None
         self.func: Callable | None = None
         self.warnings: list[str] = []
+        self.stop_reason: str | None = None
 
     def close(self) -> None:
         try:
@@ -858,14 +925,39 @@ class Backfill:
         cur.execute(sql.SQL("DELETE FROM {} WHERE backfill = %s").format(ck), (spec.name,))
         cur.execute("SELECT now()")
         started = cur.fetchone()[0]
+        watermark = self.safe_watermark(cur) if spec.incremental else None
         for worker, (rlo, rhi) in enumerate(ranges):
             cur.execute(sql.SQL("INSERT INTO {} (backfill, worker, table_name, key_columns, definition_hash, "
                                 "range_lo, range_hi, status, run_id, since, pass_started_at, last_success_at, "
-                                "batch_size) VALUES (%s, %s, %s, %s, %s, %s, %s, 'running', %s, %s, %s, %s, %s)")
+                                "batch_size, watermark) VALUES (%s, %s, %s, %s, %s, %s, %s, 'running', %s, %s, %s, %s, "
+                                "%s, %s)")
                         .format(ck), (spec.name, worker, self.target.label, self.target.key, spec.definition_hash(),
-                                      rlo, rhi, spec.run_id, since, started, last_success, spec.batch_size))
+                                      rlo, rhi, spec.run_id, since, started, last_success, spec.batch_size,
+                                      watermark))
         states = [WorkerState(w, rlo, rhi, None, "running", spec.batch_size) for w, (rlo, rhi) in enumerate(ranges)]
         return states, False, since
+
+    def safe_watermark(self, cur) -> datetime.datetime:
+        """Where the next incremental pass may start: rows a transaction still open now inserts are
+        invisible to this pass's batches, yet their timestamps lie before its start; so never past the
+        start of the oldest transaction open now (or a prepared one), and back by the plan's overlap."""
+        overlap = float((self.spec.incremental or {}).get("overlap_s") or 0.0)
+        cur.execute(
+            "SELECT least(now(), (SELECT min(xact_start) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()), (SELECT min(prepared) FROM pg_prepared_xacts WHERE database = "
+            "current_database())) - make_interval(secs => %s), "
+            "(SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND backend_type = 'client backend' AND state IS NULL), "
+            "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user) OR pg_has_role('pg_read_all_stats', 'USAGE')",
+            (overlap,))
+        watermark, hidden, privileged = cur.fetchone()
+        if hidden and not privileged:
+            self.warnings.append(
+                f"backfill {self.spec.name}: {hidden} session(s) of other users are hidden from this user, so a "
+                "transaction of theirs that is open now and commits late may insert rows older than the next "
+                "pass's watermark; GRANT pg_read_all_stats TO the migration user, or set incremental.overlap_s "
+                "to the longest such transaction")
+        return watermark
 
     def incremental_start(self, cur, since) -> list | None:
         """With a single-column key, start the pass just before the first key in the window."""
@@ -935,6 +1027,7 @@ class Backfill:
             ensure_checkpoint_table(cur, spec.ops_schema)
             rows = read_checkpoints(cur, spec.ops_schema, spec.name)
             states, resumed, since = self.start_pass(cur, rows)
+            self.open_history(cur, states, resumed)
             conn.commit()
             before = read_checkpoints(cur, spec.ops_schema, spec.name)
             skip = not resumed and self.nothing_to_do(cur, since)
@@ -942,7 +1035,8 @@ class Backfill:
             estimates = self.calibrate(cur, estimates)
             conn.rollback()
         progress = Progress(spec, self.target.label, sum(r["rows_done"] for r in before),
-                            sum(r["rows_updated"] for r in before), sum(r["batches"] for r in before), estimates)
+                            sum(r["rows_updated"] for r in before), sum(r["batches"] for r in before), estimates,
+                            database=conn.info.dbname)
         self.progress = progress
         progress.emit("resume" if resumed else "start", force=True, since=jsonable(since),
                       workers=len(states))
@@ -951,14 +1045,30 @@ class Backfill:
             self.finish_skipped(since)
         else:
             error = self.run_workers(states, since, progress)
-        with conn.cursor() as cur:
+            if error is None and self.stop_reason:
+                error = BackfillError(
+                    f"backfill {spec.name} stopped at a batch boundary: {self.stop_reason}. Every batch it "
+                    "committed is kept in its checkpoint; rerun to resume there")
+        try:
+            with conn.cursor() as cur:
+                if error is None:
+                    self.complete_pass(cur)
+                self.close_history(cur, states, "done" if error is None else
+                                   ("interrupted" if self.stop_reason else "failed"),
+                                   None if error is None else getattr(error, "msg", str(error)))
+                conn.commit()
+                after = read_checkpoints(cur, spec.ops_schema, spec.name)
+                conn.rollback()
+        except psycopg2.Error as exc:  # the connection is gone too: say so, and keep the first cause
+            note = (f"the end of the pass could not be recorded ({str(exc).strip().splitlines()[0]}); "
+                    "the checkpoint holds every committed batch and the next run takes over from it")
+            after = []
             if error is None:
-                self.complete_pass(cur)
-            conn.commit()
-            after = read_checkpoints(cur, spec.ops_schema, spec.name)
-            conn.rollback()
+                error = BackfillError(f"backfill {spec.name}: {note}")
+            else:
+                error = BackfillError(f"{getattr(error, 'msg', str(error))} ({note})")
         progress.finished = error is None
-        progress.emit("failed" if error else "done", force=True,
+        progress.emit(("interrupted" if self.stop_reason else "failed") if error else "done", force=True,
                       **({"error": getattr(error, "msg", str(error))} if error else {}))
         result = {
             "changed": progress.rows_updated > 0,
@@ -992,6 +1102,45 @@ class Backfill:
                          f"{progress.retries} retr{'y' if progress.retries == 1 else 'ies'}, {progress.holds} hold(s)")
         return result
 
+    def open_history(self, cur, states: list[WorkerState], resumed: bool) -> None:
+        """One row per worker for this execution.  Rows still 'running' belong to executions that
+        died (this one holds the backfill's advisory lock): they are marked interrupted, their
+        figures kept, since each was updated in the transaction of every batch it committed."""
+        spec, ph = self.spec, passes_ident(self.spec.ops_schema)
+        cur.execute(sql.SQL("UPDATE {} SET status = 'interrupted', finished_at = updated_at, last_error = "
+                            "coalesce(last_error, 'the process ended without finishing (killed, or its connection "
+                            "was lost)') WHERE backfill = %s AND status = 'running'").format(ph), (spec.name,))
+        cur.execute(sql.SQL("SELECT pass_started_at FROM {} WHERE backfill = %s LIMIT 1").format(
+            checkpoint_ident(spec.ops_schema)), (spec.name,))
+        row = cur.fetchone()
+        pass_started = row[0] if row else None
+        for state in states:
+            cur.execute(sql.SQL("INSERT INTO {} (backfill, worker, table_name, pass_started_at, resumed, run_id, pid, "
+                                "control_host, status) VALUES (%s, %s, %s, coalesce(%s, now()), %s, %s, %s, %s, "
+                                "'running') RETURNING id").format(ph),
+                        (spec.name, state.worker, self.target.label, pass_started, resumed, spec.run_id, os.getpid(),
+                         hostname()))
+            state.history_id = cur.fetchone()[0]
+
+    def close_history(self, cur, states: list[WorkerState], status: str, error: str | None) -> None:
+        cur.execute(sql.SQL("UPDATE {} SET status = CASE WHEN status = 'running' THEN %s ELSE status END, "
+                            "finished_at = coalesce(finished_at, clock_timestamp()), updated_at = clock_timestamp(), "
+                            "last_error = coalesce(last_error, %s) WHERE id = ANY(%s)").format(
+            passes_ident(self.spec.ops_schema)),
+            (status, None if error is None else error[:2000], [s.history_id for s in states if s.history_id]))
+
+    def controller_gone(self) -> str | None:
+        """Why the ansible-playbook that started this backfill is known to be gone, or None."""
+        spec = self.spec
+        if not spec.controller_pid:
+            return None
+        if spec.controller_host and spec.controller_host != hostname():
+            return None  # another machine's process: it cannot be seen from here
+        if pid_alive(spec.controller_pid, spec.controller_pid_start):
+            return None
+        return (f"its controlling ansible-playbook (pid {spec.controller_pid} on {spec.controller_host or hostname()}) "
+                "is gone")
+
     def finish_skipped(self, since) -> None:
         """No row matches the filter: the pass is complete without scanning the key space."""
         with self.conn.cursor() as cur:
@@ -1005,15 +1154,31 @@ class Backfill:
         cur.execute(sql.SQL("SELECT count(*) FILTER (WHERE status <> 'done') FROM {} WHERE backfill = %s").format(ck),
                     (self.spec.name,))
         if cur.fetchone()[0] == 0:
-            cur.execute(sql.SQL("UPDATE {} SET last_success_at = pass_started_at, finished_at = "
+            cur.execute(sql.SQL("UPDATE {} SET last_success_at = coalesce(watermark, pass_started_at), finished_at = "
                                 "coalesce(finished_at, clock_timestamp()) WHERE backfill = %s").format(ck),
                         (self.spec.name,))
 
     def run_workers(self, states: list[WorkerState], since, progress: Progress) -> BaseException | None:
         stop = threading.Event()
+        finished = threading.Event()
         errors: list[BaseException] = []
         gate = HealthGate(self.spec, self.target)
         self.gate = gate
+
+        def watch() -> None:
+            """Stop every worker at its next batch boundary once the controller is gone."""
+            while not finished.wait(WATCH_INTERVAL_S):
+                reason = self.controller_gone()
+                if reason:
+                    self.stop_reason = reason
+                    progress.emit("stopping", force=True, reason=reason)
+                    stop.set()
+                    return
+
+        watchdog = None
+        if self.spec.controller_pid:
+            watchdog = threading.Thread(target=watch, name="backfill-watchdog", daemon=True)
+            watchdog.start()
 
         def work(state: WorkerState) -> None:
             try:
@@ -1031,6 +1196,9 @@ class Backfill:
                 t.start()
             for t in threads:
                 t.join()
+        finished.set()
+        if watchdog is not None:
+            watchdog.join()
         self.warnings.extend(gate.notes)
         return errors[0] if errors else None
 
@@ -1050,6 +1218,7 @@ class Worker:
         self.stop = stop
         self.sizer = BatchSizer(self.spec, self.spec.batch_size if state.batch_size is None else state.batch_size)
         self.ck = checkpoint_ident(self.spec.ops_schema)
+        self.ph = passes_ident(self.spec.ops_schema)
         self.filt, self.fparams = self.stmts.filter_cond(since)
 
     def run(self) -> None:
@@ -1062,6 +1231,8 @@ class Worker:
             consecutive_retries = 0
             while not self.stop.is_set():
                 self.wait_until_healthy(conn)
+                if self.stop.is_set():
+                    break
                 try:
                     exhausted = self.batch(conn)
                     consecutive_retries = 0
@@ -1091,6 +1262,10 @@ class Worker:
             raise
         except Exception as exc:  # SQL errors at run time (a cast, a constraint), a broken connection
             self.safe_rollback(conn)
+            if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)) and \
+                    (conn.closed or getattr(exc, "pgcode", None) is None):
+                self.fail(conn, f"the database connection was lost after key {self.state.last_key} "
+                                f"({type(exc).__name__}: {' '.join(str(exc).split())})")
             self.fail(conn, f"batch after key {self.state.last_key} failed: {type(exc).__name__}: "
                             f"{str(exc).strip()}")
         finally:
@@ -1118,6 +1293,10 @@ class Worker:
                 cur.execute(sql.SQL("UPDATE {} SET status = 'failed', last_error = %s, updated_at = clock_timestamp() "
                                     "WHERE backfill = %s AND worker = %s").format(self.ck),
                             (text[:2000], spec.name, self.state.worker))
+                if self.state.history_id is not None:
+                    cur.execute(sql.SQL("UPDATE {} SET status = 'failed', last_error = %s, updated_at = "
+                                        "clock_timestamp(), finished_at = clock_timestamp() WHERE id = %s")
+                                .format(self.ph), (text[:2000], self.state.history_id))
             conn.commit()
         except Exception:
             msg += " (the checkpoint could not be marked failed: the connection is gone; it still holds the last " \
@@ -1169,6 +1348,12 @@ class Worker:
                             "WHERE backfill = %s AND worker = %s").format(self.ck),
                     (new_last, scanned, updated, 1 if scanned else 0, size, "done" if exhausted else "running",
                      exhausted, spec.run_id, spec.name, state.worker))
+        if state.history_id is not None:
+            cur.execute(sql.SQL("UPDATE {} SET rows_done = rows_done + %s, rows_updated = rows_updated + %s, "
+                                "batches = batches + %s, updated_at = clock_timestamp(), "
+                                "status = CASE WHEN %s THEN 'done' ELSE status END, "
+                                "finished_at = CASE WHEN %s THEN clock_timestamp() END WHERE id = %s").format(self.ph),
+                        (scanned, updated, 1 if scanned else 0, exhausted, exhausted, state.history_id))
         conn.commit()
         t1 = time.monotonic()
         state.last_key = new_last

@@ -16,6 +16,7 @@ No third-party library: modules must run with only Ansible and psycopg2.
 """
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import re
@@ -102,3 +103,44 @@ def write_textfile(path: str, metrics: Iterable[Mapping], mode: int = 0o644) -> 
         except OSError:
             pass
         raise
+
+
+_SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\S+)?$")
+_LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+_UNESCAPE = {"\\\\": "\\", "\\n": "\n", '\\"': '"'}
+
+
+def parse_samples(text: str) -> list[tuple[str, dict, str]]:
+    """(name, labels, value text) of every sample line of a text exposition (comments skipped)."""
+    samples = []
+    for line in text.splitlines():
+        match = _SAMPLE_RE.match(line.strip())
+        if not match or line.startswith("#"):
+            continue
+        labels = {k: re.sub(r'\\[\\n"]', lambda m: _UNESCAPE[m.group(0)], v)
+                  for k, v in _LABEL_RE.findall(match.group(2) or "")}
+        samples.append((match.group(1), labels, match.group(3)))
+    return samples
+
+
+def merge_textfile(path: str, metrics: list[dict], owner: Mapping[str, object], mode: int = 0o644) -> None:
+    """Replace, in the textfile at ``path``, the samples of ``metrics`` whose labels match ``owner``
+    (for example one backfill of one database) and keep every other series, so that several
+    writers (the backfills of a plan, the databases of a fleet) share one file.  Writers are
+    serialised with a lock file beside it; the file itself is replaced atomically."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "." + os.path.basename(path) + ".lock"), "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                existing = parse_samples(fh.read())
+        except OSError:
+            existing = []
+        mine = {str(k): str(v) for k, v in owner.items()}
+        merged = []
+        for metric in metrics:
+            kept = [(labels, float(value)) for name, labels, value in existing
+                    if name == metric["name"] and any(labels.get(k) != v for k, v in mine.items())]
+            merged.append(dict(metric, samples=kept + list(metric["samples"])))
+        write_textfile(path, merged, mode)

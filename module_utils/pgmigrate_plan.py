@@ -60,7 +60,8 @@ BACKFILL_SPEC = {
         "read_columns": {"type": "list", "items": STR, "doc": "columns the python transform reads (default all)"},
         "where": STR,
         "incremental": {"type": "dict", "fields": {
-            "column": STR, "hours": {"type": "number", "min": 0}, "since_last_run": {"type": "bool"}}},
+            "column": STR, "hours": {"type": "number", "min": 0}, "since_last_run": {"type": "bool"},
+            "overlap_s": {"type": "number", "min": 0}}},
         "batch_size": {"type": "int", "min": 1},
         "min_batch_size": {"type": "int", "min": 1},
         "max_batch_size": {"type": "int", "min": 1},

@@ -9,23 +9,23 @@ import json
 import os
 import random
 import signal
-import subprocess
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, VENV_BIN, alembic, ansible_env, conn_args, run_module, run_playbook, write_vars
+from backfill_helpers import checkpoints, checksum, module_pids, query, snapshot, start_module, wait_for_batches
+from conftest import ROOT, alembic, conn_args, run_module, run_playbook
 from psycopg2 import sql
 
 PLAN = yaml.safe_load((ROOT / "migrations" / "2.0.0.yml").read_text())
 BACKFILL = PLAN["backfills"][0]
 ACCURACY_SQL = BACKFILL["set"]["model_accuracy"]
 APP_DIR = str(ROOT / "examples" / "football_prediction")
-METRIC_NAMES = ["pgmigrate_backfill_rows_done", "pgmigrate_backfill_rows_total", "pgmigrate_backfill_rows_per_second",
-                "pgmigrate_backfill_eta_seconds", "pgmigrate_backfill_progress_ratio",
+METRIC_NAMES = ["pgmigrate_backfill_rows_done", "pgmigrate_backfill_rows_expected",
+                "pgmigrate_backfill_rows_per_second", "pgmigrate_backfill_eta_seconds",
+                "pgmigrate_backfill_progress_ratio",
                 "pgmigrate_backfill_batches_total", "pgmigrate_backfill_retries_total",
                 "pgmigrate_backfill_holds_total", "pgmigrate_backfill_last_batch_seconds",
                 "pgmigrate_backfill_batch_size", "pgmigrate_backfill_last_update_timestamp_seconds"]
@@ -86,28 +86,6 @@ def helpers(tmp_path):
     d.mkdir()
     (d / "test_only_transforms.py").write_text(TEST_TRANSFORMS)
     return str(d)
-
-
-def query(pg, db, text, params=()):
-    conn = pg.connect(db)
-    with conn.cursor() as cur:
-        cur.execute(text, params)
-        rows = cur.fetchall() if cur.description else None
-    conn.close()
-    return rows
-
-
-def snapshot(pg, db):
-    return query(pg, db, "SELECT id, model_accuracy, feature_importance::text, confidence FROM predictions ORDER BY id")
-
-
-def checksum(pg, db, table="predictions"):
-    return query(pg, db, f"SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM {table} t")[0][0]
-
-
-def checkpoints(pg, db, name):
-    return query(pg, db, "SELECT worker, status, rows_done, rows_updated, batches, last_key FROM "
-                         "migration_ops.batch_checkpoints WHERE backfill = %s ORDER BY worker", (name,))
 
 
 def plan_args(pg, db, tmp_path, **extra):
@@ -308,44 +286,6 @@ def writer_loop(pg, db, stop, written, accuracy_expr):
 # ---------------------------------------------------------------------------------------
 # kill -9 at random points, then a rerun
 # ---------------------------------------------------------------------------------------
-def start_module(pg, db, tmp_path, args):
-    """Start one pg_batch_update run through ansible-playbook, in its own process group."""
-    play = [{"name": "Backfill", "hosts": "localhost", "gather_facts": False,
-             "tasks": [{"name": "Run the backfill", "pg_batch_update": "{{ __args }}"}]}]
-    pb = tmp_path / f"kill-{uuid.uuid4().hex[:8]}.yml"
-    pb.write_text(json.dumps(play))
-    cmd = [str(VENV_BIN / "ansible-playbook"), str(pb), "-i", str(ROOT / "tests" / "inventory.yml"),
-           "-e", "@" + str(write_vars(tmp_path, {"__args": args}))]
-    return subprocess.Popen(cmd, cwd=ROOT, env=ansible_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-
-
-def module_pids() -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"AnsiballZ_pg_batch_update" in cmdline and b"/bin/sh" not in cmdline:
-                pids.append(int(entry.name))
-    return pids
-
-
-def wait_for_batches(pg, db, name, at_least, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = query(pg, db, "SELECT to_regclass('migration_ops.batch_checkpoints') IS NOT NULL")
-        if rows[0][0]:
-            done = query(pg, db, "SELECT coalesce(sum(batches), 0) FROM migration_ops.batch_checkpoints "
-                                 "WHERE backfill = %s", (name,))[0][0]
-            if done >= at_least:
-                return done
-        time.sleep(0.02)
-    raise AssertionError(f"the backfill did not reach {at_least} batches")
-
-
 @pytest.mark.parametrize(("seed", "victim"), [(1, "module"), (2, "module"), (3, "module"), (4, "ansible-playbook"),
                                               (5, "postgresql")])
 def test_kill_9_then_rerun_resumes_exactly(pg, v2_db, tmp_path, seed, victim):
@@ -399,7 +339,7 @@ def test_kill_9_then_rerun_resumes_exactly(pg, v2_db, tmp_path, seed, victim):
 def test_second_copy_of_a_running_backfill_is_refused(pg, v2_db, tmp_path):
     args = {**conn_args(pg, v2_db), "name": "slow_one", "table": "predictions",
             "set": {"confidence": "confidence"}, "batch_size": 20, "min_batch_size": 20, "max_batch_size": 20,
-            "pause_ms": 20}
+            "pause_ms": 100}
     proc = start_module(pg, v2_db, tmp_path, args)
     try:
         wait_for_batches(pg, v2_db, "slow_one", 2)
