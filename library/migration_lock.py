@@ -16,7 +16,7 @@ description:
     no longer exists on this control host, or it sent no heartbeat for O(stale_after) seconds) is reported as
     stale and is broken only with O(break_lock=true); the run that held it is marked failed.
   - A run is alive while any of its database sessions is connected (sessions named
-    C(pgmigrate-ops run <id> ...), or holding a backfill's advisory lock): such a lock is never called stale,
+    C(pgmigrate-ops run <id> ...), or holding a backfill's advisory lock); such a lock is never called stale,
     even when its playbook is gone, and the refusal names those sessions.
   - O(state=absent) releases the lock held by O(run_id) and closes that run with O(run_status).
     It never releases a lock held by another run.

@@ -183,7 +183,7 @@ options:
         not taken for it), and when it is gone (C(kill -9), Ctrl-C, a lost session) the workers stop at their
         next batch boundary, the checkpoint kept, so that the next run resumes.
       - Unset, the module looks for its outermost ansible driver process itself (not found when it runs under
-        C(async), which detaches it: the data_migrate role passes the lock owner's PID). V(0) turns the watch off.
+        C(async), which detaches it; the data_migrate role passes the lock owner's PID). V(0) turns the watch off.
     type: int
   controller_pid_start:
     description: Start time of O(controller_pid) (field 22 of C(/proc/PID/stat)), as the migration lock records it.

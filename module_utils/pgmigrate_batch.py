@@ -998,17 +998,27 @@ class Backfill:
                     params)
         return int(cur.fetchone()[0][0]["Plan"]["Plan Rows"])
 
-    def calibrate(self, cur, estimates: dict[int, int]) -> dict[int, int]:
+    def calibrate(self, cur, estimates: dict[int, int], done_before: int = 0) -> dict[int, int]:
         """Planner estimates scale reltuples by the table's current size, which a backfill's own dead
-        rows inflate; the statistics' live-row count is closer.  Scale the ranges by their ratio."""
-        cur.execute("SELECT n_live_tup FROM pg_stat_all_tables WHERE relid = %s", (self.target.oid,))
+        rows inflate; the statistics' live-row count is closer.  Scale the ranges by their ratio.
+        The keys left can never be more than the live rows less the keys this pass has walked
+        already (a resumed pass): a planner without fresh statistics would otherwise guess past it."""
+        # The statistics' live rows, or the catalog's count of the last VACUUM/ANALYZE when they are
+        # younger (a database made from a template or a restore starts with empty statistics).
+        cur.execute("SELECT greatest(s.n_live_tup, c.reltuples::bigint) FROM pg_class c "
+                    "LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid WHERE c.oid = %s", (self.target.oid,))
         row = cur.fetchone()
         cur.execute(sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {}").format(self.target.ident))
         whole = int(cur.fetchone()[0][0]["Plan"]["Plan Rows"])
         if not row or not row[0] or whole <= 0:
             return estimates
         factor = min(row[0] / whole, 1.0)
-        return {w: int(est * factor) for w, est in estimates.items()}
+        scaled = {w: int(est * factor) for w, est in estimates.items()}
+        room = max(int(row[0]) - done_before, 0)
+        left = sum(scaled.values())
+        if done_before and left > room:
+            scaled = {w: int(est * room / left) for w, est in scaled.items()}
+        return scaled
 
     def nothing_to_do(self, cur, since) -> bool:
         filt, params = self.stmts.filter_cond(since)
@@ -1032,7 +1042,7 @@ class Backfill:
             before = read_checkpoints(cur, spec.ops_schema, spec.name)
             skip = not resumed and self.nothing_to_do(cur, since)
             estimates = {s.worker: (0 if skip else self.estimate(cur, s)) for s in states}
-            estimates = self.calibrate(cur, estimates)
+            estimates = self.calibrate(cur, estimates, sum(r["rows_done"] for r in before))
             conn.rollback()
         progress = Progress(spec, self.target.label, sum(r["rows_done"] for r in before),
                             sum(r["rows_updated"] for r in before), sum(r["batches"] for r in before), estimates,
