@@ -22,6 +22,10 @@ description:
   - The batch size adapts toward O(target_batch_ms) within [O(min_batch_size), O(max_batch_size)]. A lock timeout
     halves the batch and retries. Optional health holds wait while a standby lags, a vacuum runs on the table, or
     WAL waits to be archived, and say why.
+  - Before the first batch it checks that each hold it was given can see with the connecting role's privileges
+    (C(pg_read_all_stats) for the replication lag and for other roles' vacuums, C(pg_monitor) for the WAL archive).
+    A hold that cannot see is a warning (in the result and the progress log), or, when O(required_holds) lists
+    it, a failure with nothing changed that names the privilege to grant.
   - Progress (rows done, estimated total, rate, ETA) goes to a JSON-lines file (O(progress_file), for C(tail -f))
     and to a Prometheus textfile (O(metrics_file)), and is summarised in the result.
   - The SQL of the plan (O(set), O(where)) is operator-owned configuration, composed as SQL by design; it is
@@ -151,6 +155,17 @@ options:
   max_archive_backlog:
     description: Hold while more WAL segments than this wait to be archived (needs superuser or C(pg_monitor)).
     type: int
+  required_holds:
+    description:
+      - Holds that must be able to see. The backfill fails before its first batch, changing nothing, when one of
+        them cannot with the connecting role's privileges (V(replication_lag) and V(vacuum) need the privileges of
+        C(pg_read_all_stats), V(archive_backlog) needs C(pg_monitor) or superuser); a hold not listed here only
+        warns. Each listed hold must be turned on by its option (O(max_replication_lag_s), O(hold_on_autovacuum),
+        O(max_archive_backlog)).
+    type: list
+    elements: str
+    choices: [replication_lag, vacuum, archive_backlog]
+    default: []
   hold_poll_s:
     description: Seconds between health checks during a hold.
     type: float
@@ -229,6 +244,7 @@ EXAMPLES = r'''
     where: feature_importance IS NULL
     workers: 2
     max_replication_lag_s: 30
+    required_holds: [replication_lag]  # fail at once, changing nothing, if the login cannot see the lag
 
 - name: Backfill only the predictions of the last 24 hours
   pg_batch_update:
@@ -274,6 +290,12 @@ holds:
   returned: success
   type: dict
   sample: {count: 1, seconds: 12.0, reasons: {replication_lag: 1}}
+blind_holds:
+  description: Holds that could not see with the connecting role's privileges, each with why and what to grant
+    (also returned when a required one made the backfill fail).
+  returned: always, when a hold was given
+  type: dict
+  sample: {replication_lag: "replication lag is not checked (max_replication_lag_s): role football lacks ..."}
 max_batch_ms:
   description: Longest batch transaction in milliseconds.
   returned: success
@@ -325,9 +347,10 @@ from ansible.module_utils.pgmigrate_owner import find_owner_pid, hostname, proce
 SPEC_OPTIONS = ("name", "table", "key", "set", "python", "python_path", "columns", "read_columns", "where",
                 "incremental", "batch_size", "min_batch_size", "max_batch_size", "target_batch_ms", "pause_ms",
                 "lock_timeout", "statement_timeout", "max_retries", "workers", "max_replication_lag_s",
-                "hold_on_autovacuum", "max_archive_backlog", "hold_poll_s", "max_hold_s", "progress_file",
-                "metrics_file", "progress_interval_s", "run_id", "controller_pid", "controller_pid_start",
-                "controller_host", "progress_token", "restart", "ops_schema", "check_count_limit")
+                "hold_on_autovacuum", "max_archive_backlog", "required_holds", "hold_poll_s", "max_hold_s",
+                "progress_file", "metrics_file", "progress_interval_s", "run_id", "controller_pid",
+                "controller_pid_start", "controller_host", "progress_token", "restart", "ops_schema",
+                "check_count_limit")
 
 
 def argument_spec() -> dict:
@@ -359,6 +382,8 @@ def argument_spec() -> dict:
         max_replication_lag_s=dict(type="float"),
         hold_on_autovacuum=dict(type="bool", default=False),
         max_archive_backlog=dict(type="int"),
+        required_holds=dict(type="list", elements="str", default=[],
+                            choices=["replication_lag", "vacuum", "archive_backlog"]),
         hold_poll_s=dict(type="float", default=5.0),
         max_hold_s=dict(type="float", default=1800.0),
         progress_file=dict(type="path"),
@@ -414,14 +439,14 @@ def main() -> None:
             engine.prepare()
         except BackfillError as exc:
             if module.check_mode and exc.facts.get("missing"):
+                warn(module, engine)
                 module.warn(f"{exc.msg} (check mode: the schema phase may create it; the backfill is not previewed)")
                 module.exit_json(changed=True, would_update=None, checkpoint=None,
                                  msg=f"backfill {spec.name} cannot be previewed before the schema phase")
             raise
         result = engine.preview() if module.check_mode else engine.run()
-        for warning in engine.warnings:
-            module.warn(warning)
     except BackfillError as exc:
+        warn(module, engine)
         facts = dict(exc.facts)
         facts.pop("missing", None)
         if "checkpoint" not in facts:
@@ -434,7 +459,14 @@ def main() -> None:
                          exception=traceback.format_exc(), checkpoint=current_checkpoint(engine, spec))
     finally:
         engine.close()
+    warn(module, engine)
     module.exit_json(**result)
+
+
+def warn(module, engine: Backfill) -> None:
+    """What the backfill could not check (blind holds), on success and on failure alike."""
+    for warning in engine.warnings:
+        module.warn(warning)
 
 
 def current_checkpoint(engine: Backfill, spec: Spec):

@@ -14,6 +14,10 @@ description:
     estimated rows of each table the plan touches, the rows each backfill will touch (the planner's estimate from
     C(EXPLAIN), cheap; the table's row estimate when the backfill's columns do not exist yet), the current Alembic
     revision, and the free disk space where the backup goes.
+  - Checks that the health holds of each backfill (C(max_replication_lag_s), C(hold_on_autovacuum),
+    C(max_archive_backlog)) can see with the connecting role's privileges. A hold that cannot is a warning; when the
+    backfill lists it in C(required_holds) the module fails, so the migration stops in the plan phase, before the
+    backup and the schema change, with the privilege to grant.
   - Never changes anything, in or out of check mode.
 version_added: "1.0.0"
 author: pgmigrate-ops contributors
@@ -64,6 +68,13 @@ backfills:
   returned: always
   type: list
   elements: dict
+holds:
+  description: The connecting role's privileges that the health holds need, and each backfill's holds that cannot
+    see with them (with why and what to grant).
+  returned: always
+  type: dict
+  sample: {privileges: {role: football, pg_read_all_stats: false, pg_ls_archive_statusdir: false},
+           blind: [{backfill: predictions_accuracy, hold: replication_lag, required: true, message: "..."}]}
 disk:
   description: Free bytes where the backup goes, and whether that holds the database size with a 20% margin.
   returned: when backup_dir is given
@@ -77,6 +88,13 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible.module_utils.pgmigrate import connect, connection_argument_spec, resolve_table, sql
 from ansible.module_utils.pgmigrate import pretty_bytes as pretty
+from ansible.module_utils.pgmigrate_holds import (
+    blind_holds,
+    configured_holds,
+    hint_for_warning,
+    read_privileges,
+    refusal,
+)
 
 SETTINGS = ("server_version", "lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout",
             "max_wal_size", "maintenance_work_mem", "work_mem", "shared_buffers", "wal_level", "archive_mode",
@@ -118,6 +136,35 @@ def backfill_estimate(cur, backfill: dict) -> dict:
                            f"{str(exc).splitlines()[0]})")
 
 
+def hold_facts(cur, backfills: list) -> dict:
+    """Which holds of which backfill cannot see with this role's privileges."""
+    privileges = read_privileges(cur)
+    blind = []
+    for backfill in backfills:
+        required = backfill.get("required_holds") or []
+        for kind, message in blind_holds(configured_holds(backfill), privileges).items():
+            blind.append({"backfill": backfill["name"], "hold": kind, "required": kind in required,
+                          "message": message})
+    return {"privileges": privileges, "blind": blind}
+
+
+def check_holds(module, backfills: list, holds: dict) -> None:
+    """Warn for every blind hold; stop the plan phase when a backfill requires one of them."""
+    refusals = []
+    for backfill in backfills:
+        mine = {b["hold"]: b["message"] for b in holds["blind"] if b["backfill"] == backfill["name"]}
+        text = refusal(backfill["name"], backfill.get("required_holds") or [], mine)
+        if text:
+            refusals.append(text)
+    for b in holds["blind"]:
+        if not b["required"]:
+            module.warn(f"backfill {b['backfill']}: {b['message']}{hint_for_warning(b['hold'])}")
+    if refusals:
+        module.fail_json(msg="The plan requires health holds this login cannot see, so the migration stops in the "
+                             "plan phase, before the backup and the schema change: " + " | ".join(refusals),
+                         holds=holds)
+
+
 def main() -> None:
     argument_spec = connection_argument_spec()
     argument_spec.update(plan=dict(type="dict", required=True), backup_dir=dict(type="path"))
@@ -146,11 +193,13 @@ def main() -> None:
                                        + [b["table"] for b in plan.get("backfills", [])]))
             result["tables"] = [table_facts(cur, n) for n in names]
             result["backfills"] = [backfill_estimate(cur, b) for b in plan.get("backfills", [])]
+            result["holds"] = hold_facts(cur, plan.get("backfills", []))
         conn.rollback()
     except Exception as exc:
         module.fail_json(msg=f"preflight query failed: {exc}")
     finally:
         conn.close()
+    check_holds(module, plan.get("backfills", []), result["holds"])
     backup_dir = module.params["backup_dir"]
     if backup_dir:
         probe = backup_dir

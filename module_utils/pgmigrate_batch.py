@@ -47,6 +47,14 @@ except ImportError:  # pragma: no cover - the module reports missing_required_li
     psycopg2 = None
     sql = None
 
+from ansible.module_utils.pgmigrate_holds import (
+    blind_holds,
+    configured_holds,
+    hint_for_warning,
+    read_privileges,
+    refusal,
+    required_holds_problems,
+)
 from ansible.module_utils.pgmigrate_metrics import merge_textfile
 from ansible.module_utils.pgmigrate_owner import hostname, pid_alive
 
@@ -95,6 +103,7 @@ class Spec:
     max_replication_lag_s: float | None = None
     hold_on_autovacuum: bool = False
     max_archive_backlog: int | None = None
+    required_holds: list[str] = field(default_factory=list)
     hold_poll_s: float = 1.0
     max_hold_s: float = 1800.0
     progress_file: str | None = None
@@ -693,19 +702,24 @@ class BatchSizer:
 class HealthGate:
     """Reasons to wait before the next batch; checked at most once per ``hold_poll_s``."""
 
-    def __init__(self, spec: Spec, target: Target) -> None:
+    def __init__(self, spec: Spec, target: Target, blind: dict[str, str] | None = None) -> None:
         self.spec = spec
         self.target = target
         self.lock = threading.Lock()
         self.checked_at = 0.0
         self.reason: str | None = None
         self.notes: list[str] = []
-        self.archive_check = spec.max_archive_backlog is not None
+        # A hold that cannot see (Backfill.check_holds said so before the first batch) is not probed:
+        # its view would only return NULLs.  The vacuum hold still sees the role's own vacuums.
+        blind = blind or {}
+        self.lag_check = spec.max_replication_lag_s is not None and "replication_lag" not in blind
+        self.archive_check = spec.max_archive_backlog is not None and "archive_backlog" not in blind
+        # Set when a required hold stops seeing during the run: the worker stops at the batch boundary.
+        self.fatal: str | None = None
 
     @property
     def enabled(self) -> bool:
-        return (self.spec.max_replication_lag_s is not None or self.spec.hold_on_autovacuum
-                or self.archive_check)
+        return self.lag_check or self.spec.hold_on_autovacuum or self.archive_check
 
     def check(self, conn) -> str | None:
         if not self.enabled:
@@ -721,7 +735,7 @@ class HealthGate:
         spec = self.spec
         with conn.cursor() as cur:
             try:
-                if spec.max_replication_lag_s is not None:
+                if self.lag_check:
                     cur.execute("SELECT application_name, extract(epoch FROM greatest(write_lag, flush_lag, "
                                 "replay_lag))::float8 AS lag FROM pg_stat_replication "
                                 "ORDER BY lag DESC NULLS LAST LIMIT 1")
@@ -750,8 +764,12 @@ class HealthGate:
                     except psycopg2.Error as exc:
                         cur.execute("ROLLBACK TO SAVEPOINT archive_probe")
                         self.archive_check = False
-                        self.notes.append("WAL archive backlog is not checked: pg_ls_archive_statusdir() needs "
-                                          f"superuser or pg_monitor ({str(exc).strip().splitlines()[0]})")
+                        note = ("WAL archive backlog is not checked (max_archive_backlog): pg_ls_archive_statusdir() "
+                                f"failed: {str(exc).strip().splitlines()[0]}. It needs superuser or pg_monitor")
+                        if "archive_backlog" in spec.required_holds:
+                            self.fatal = f"the required hold archive_backlog (required_holds) stopped seeing: {note}"
+                        else:
+                            self.notes.append(note + hint_for_warning("archive_backlog"))
                 return None
             finally:
                 conn.rollback()
@@ -781,6 +799,7 @@ class Backfill:
         self.func: Callable | None = None
         self.warnings: list[str] = []
         self.stop_reason: str | None = None
+        self.blind: dict[str, str] = {}
 
     def close(self) -> None:
         try:
@@ -802,6 +821,7 @@ class Backfill:
             raise BackfillError(f"backfill {spec.name}: min_batch_size ({spec.min_batch_size}) is larger than "
                                 f"max_batch_size ({spec.max_batch_size})")
         with self.conn.cursor() as cur:
+            self.check_holds(cur)
             self.target = resolve_target(cur, spec)
             check_key(cur, spec, self.target)
             if spec.set:
@@ -818,6 +838,25 @@ class Backfill:
         self.conn.rollback()
         if spec.python:
             self.func = load_function(spec)
+
+    def check_holds(self, cur) -> None:
+        """Before the first batch: a hold that cannot see with this role's privileges is a warning, or,
+        when the backfill lists it in required_holds, a refusal (nothing has been written yet)."""
+        spec = self.spec
+        options = {"max_replication_lag_s": spec.max_replication_lag_s, "hold_on_autovacuum": spec.hold_on_autovacuum,
+                   "max_archive_backlog": spec.max_archive_backlog, "required_holds": spec.required_holds}
+        problems = required_holds_problems(options, f"backfill {spec.name}")
+        if problems:
+            raise BackfillError("; ".join(problems) + "; nothing was changed")
+        kinds = configured_holds(options)
+        if not kinds:
+            return
+        self.blind = blind_holds(kinds, read_privileges(cur))
+        refused = refusal(spec.name, spec.required_holds, self.blind)
+        if refused:
+            self.conn.rollback()
+            raise BackfillError(refused, blind_holds=dict(self.blind))
+        self.warnings.extend(text + hint_for_warning(kind) for kind, text in self.blind.items())
 
     def explain(self, cur) -> None:
         """Plan the statements once: a syntax error, an unknown column or a type mismatch in the
@@ -1050,6 +1089,8 @@ class Backfill:
         self.progress = progress
         progress.emit("resume" if resumed else "start", force=True, since=jsonable(since),
                       workers=len(states))
+        for kind, text in self.blind.items():  # a hold that cannot see says so in the progress log too
+            progress.emit("warning", force=True, hold=kind, warning=text)
         error: BaseException | None = None
         if skip:
             self.finish_skipped(since)
@@ -1090,6 +1131,7 @@ class Backfill:
             "retries": progress.retries,
             "holds": {"count": progress.holds, "seconds": round(progress.hold_seconds, 1),
                       "reasons": progress.hold_reasons},
+            "blind_holds": dict(self.blind),
             "max_batch_ms": round(progress.max_batch_ms, 1),
             "max_lock_ms": round(progress.max_lock_ms, 1),
             "batch_size": progress.batch_size,
@@ -1172,7 +1214,7 @@ class Backfill:
         stop = threading.Event()
         finished = threading.Event()
         errors: list[BaseException] = []
-        gate = HealthGate(self.spec, self.target)
+        gate = HealthGate(self.spec, self.target, self.blind)
         self.gate = gate
 
         def watch() -> None:
@@ -1317,6 +1359,8 @@ class Worker:
         episode_start = None
         while not self.stop.is_set():
             reason = self.gate.check(conn)
+            if self.gate.fatal:
+                self.fail(conn, self.gate.fatal)
             if reason is None:
                 return
             now = time.monotonic()

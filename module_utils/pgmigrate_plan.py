@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ansible.module_utils.pgmigrate_holds import HOLD_KINDS, required_holds_problems
+
 VERSION_RE = r"^\d+\.\d+\.\d+([-.+][0-9A-Za-z.-]+)?$"
 DURATION_RE = r"^\d+(ms|s|min|h)$"
 NAME_RE = r"^[a-z][a-z0-9_]{0,62}$"
@@ -74,6 +76,8 @@ BACKFILL_SPEC = {
         "max_replication_lag_s": {"type": "number", "min": 0},
         "hold_on_autovacuum": {"type": "bool"},
         "max_archive_backlog": {"type": "int", "min": 0},
+        "required_holds": {"type": "list", "items": {"type": "str", "choices": list(HOLD_KINDS)},
+                           "doc": "holds that must see (privileges) or the backfill is refused before it starts"},
     },
 }
 
@@ -204,6 +208,7 @@ def validate_plan(plan: Any, expected_version: str | None = None) -> list[str]:
         if bool(backfill.get("set")) == bool(backfill.get("python")):
             errors.append(f"backfills[{i}] ({backfill['name']}): give exactly one of 'set' (SQL expressions) "
                           "or 'python' (module:function)")
+        errors.extend(required_holds_problems(backfill, f"backfills[{i}] ({backfill['name']})"))
     checks = [c["name"] for c in plan.get("validation", {}).get("checks", [])]
     for dup in sorted({n for n in checks if checks.count(n) > 1}):
         errors.append(f"validation.checks: name {dup!r} is used twice")

@@ -7,8 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import alembic, run_playbook
+from conftest import ROOT, alembic, run_playbook
 from test_backup import query, source_tables
+
+# Faults are injected from outside the production code: a test-only callback plugin damages the
+# backup the moment pg_backup has written it, before the backup role's verification task starts.
+FAULT_CALLBACK_DIR = ROOT / "tests" / "callback_plugins"
 
 
 def flow_vars(pg, db: str, tmp_path: Path, **extra) -> dict:
@@ -32,8 +36,17 @@ def revision(pg, db: str) -> str:
     return query(pg, db, "SELECT version_num FROM alembic_version")[0][0]
 
 
+def with_fault(kind: str) -> dict:
+    """The environment of one ansible-playbook run that damages its backup (tests/callback_plugins)."""
+    return {"ANSIBLE_CALLBACK_PLUGINS": str(FAULT_CALLBACK_DIR),
+            "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks,backup_damage",
+            "PGMIGRATE_TEST_BACKUP_FAULT": kind}
+
+
 def test_backup_playbook_check_mode_then_real_run_recorded_in_the_ledger(pg, reference_db, tmp_path):
-    variables = flow_vars(pg, reference_db, tmp_path)
+    # The production role has no test hook: the variable that used to damage the backup on purpose
+    # (issue #10 item 8) is an unknown name now and changes nothing.
+    variables = flow_vars(pg, reference_db, tmp_path, backup_fault_injection="truncate")
     preview = run_playbook("playbooks/backup.yml", tmp_path, variables, "--check")
     assert preview.rc == 0, preview.output[-3000:]
     assert f"would dump {reference_db}" in preview.output and "Check mode: would restore" in preview.output
@@ -56,13 +69,17 @@ def test_backup_playbook_check_mode_then_real_run_recorded_in_the_ledger(pg, ref
 
 @pytest.mark.parametrize("fault,expected", [
     ("truncate", "the file is truncated"),
+    ("flip_byte", "sha256 of backup"),
+    ("zero", "is empty (0 bytes)"),
     ("manifest_counts", "table public.predictions: the manifest says 3001 rows, the restore has 3000"),
+    ("missing", "is missing"),
 ])
 def test_damaged_backup_stops_migrate_before_the_schema_phase(pg, reference_db, tmp_path, fault, expected):
     before = (catalog(pg, reference_db), source_tables(pg, reference_db), revision(pg, reference_db))
-    # backup_fault_injection is the role's documented test hook: it damages this run's backup
-    # between the dump and the verification.
-    res = run_playbook("migrate.yml", tmp_path, flow_vars(pg, reference_db, tmp_path, backup_fault_injection=fault))
+    # The real migrate.yml; the damage comes from outside it (a test-only callback plugin), between
+    # the dump and the verification.
+    res = run_playbook("migrate.yml", tmp_path, flow_vars(pg, reference_db, tmp_path), env=with_fault(fault))
+    assert f"TEST FAULT {fault} injected into" in res.output, res.output[-4000:]
     assert res.rc != 0
     assert "This run's backup is not proven to restore" in res.output and expected in res.output
     assert "before the schema phase" in res.output
