@@ -76,6 +76,8 @@ BACKFILL_SPEC = {
         "max_replication_lag_s": {"type": "number", "min": 0},
         "hold_on_autovacuum": {"type": "bool"},
         "max_archive_backlog": {"type": "int", "min": 0},
+        "hold_poll_s": {"type": "number", "min": 0, "doc": "seconds between health checks during a hold"},
+        "max_hold_s": {"type": "number", "min": 0, "doc": "the backfill fails when one hold lasts longer"},
         "required_holds": {"type": "list", "items": {"type": "str", "choices": list(HOLD_KINDS)},
                            "doc": "holds that must see (privileges) or the backfill is refused before it starts"},
     },
