@@ -24,6 +24,11 @@ description:
     (C(PGHOST), C(PGPASSWORD), ...), C(DATABASE_URL) and C(sqlalchemy.url) set to a bare
     C(postgresql+psycopg2://) URL, so any project whose env.py connects through one of them works and the
     password is never on a command line.
+  - An env.py that ignores that connection (one that builds its own URL from the application's settings, say)
+    would migrate another database. Every connection the project opens is therefore checked before it is used;
+    its database (name and oid) and server (postmaster start time and port) must be those of O(login_db), or the run
+    stops before any statement with a message that says env.py connects elsewhere and what to set. A run that
+    Alembic reports as done while the revision of O(login_db) did not move fails with the same explanation.
   - With O(sql_files) instead of O(project_dir), applies raw SQL migration files (runbook 3.1.2) in ONE
     transaction under the same timeouts and retries; an error rolls every file back. Applied files are recorded
     with their SHA-256 in C(<ops_schema>.sql_migrations), so a second run skips them and an applied file that
