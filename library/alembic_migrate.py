@@ -521,7 +521,7 @@ class Migrator:
                      "blocked_by": blocked_by}
             if answer.get("error_type") == "WrongDatabase":
                 self.fail(self.elsewhere_msg(entry["error"].removeprefix("env.py connected to "))
-                          + f". Nothing was run: the connection was refused before any statement. {where}",
+                          + f". That connection was refused before any statement ran on it. {where}",
                           **extra)
             if answer.get("sqlstate") == LOCK_NOT_AVAILABLE:
                 if attempt < len(self.schedule):

@@ -250,7 +250,7 @@ def test_env_py_that_connects_elsewhere_is_refused_before_anything_runs(pg, tmp_
     msg = " ".join(res["msg"].split())
     assert f"env.py connects elsewhere: to database {other} on 127.0.0.1:{pg.port}, not to login_db {given}" in msg
     assert "DATABASE_URL" in msg and "sqlalchemy.url" in msg and "application's own database settings" in msg
-    assert "Nothing was run" in msg and "still at g1" in msg
+    assert "That connection was refused before any statement ran on it" in msg and "still at g1" in msg
     assert {db: (revision(pg, db), catalog(pg, db)) for db in (given, other)} == before
     for db in (given, other):
         pg.drop_database(db)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 
 from conftest import ROOT, VENV_BIN, run_playbook
 from test_alembic_migrate import catalog, data_digest, query, revision
@@ -185,3 +186,14 @@ def test_cycle_stops_at_once_when_the_target_moves(pg, tmp_path):
     assert query(pg, target, "SELECT count(*) FROM pg_database WHERE datname = %s",
                  (f"{target}_schema_cycle",)) == [(0,)]
     pg.drop_database(target)
+
+
+def test_cycle_runs_when_the_target_does_not_exist_yet(pg, tmp_path):
+    """The target guard reads the target only when it exists: a cycle test before the first install works."""
+    absent = f"t_absent_{uuid.uuid4().hex[:8]}"
+    res = run_playbook("playbooks/schema_cycle.yml", tmp_path,
+                       {**pg.conn_vars(absent), "schema_migrate_alembic_dir": str(APP_SETTINGS)})
+    assert res.rc == 0, res.output[-3000:]
+    assert "5. upgrade head again: base -> g2 ok" in res.output
+    assert query(pg, "pgmigrate_test", "SELECT count(*) FROM pg_database WHERE datname LIKE %s",
+                 (f"{absent}%",)) == [(0,)]
