@@ -24,6 +24,11 @@ description:
     (C(PGHOST), C(PGPASSWORD), ...), C(DATABASE_URL) and C(sqlalchemy.url) set to a bare
     C(postgresql+psycopg2://) URL, so any project whose env.py connects through one of them works and the
     password is never on a command line.
+  - An env.py that ignores that connection (one that builds its own URL from the application's settings, say)
+    would migrate another database. Every connection the project opens is therefore checked before it is used;
+    its database (name and oid) and server (postmaster start time and port) must be those of O(login_db), or the run
+    stops before any statement with a message that says env.py connects elsewhere and what to set. A run that
+    Alembic reports as done while the revision of O(login_db) did not move fails with the same explanation.
   - With O(sql_files) instead of O(project_dir), applies raw SQL migration files (runbook 3.1.2) in ONE
     transaction under the same timeouts and retries; an error rolls every file back. Applied files are recorded
     with their SHA-256 in C(<ops_schema>.sql_migrations), so a second run skips them and an applied file that
@@ -236,6 +241,7 @@ import uuid
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.pgmigrate_alembic import (
+    IDENTITY_SQL,
     LOCK_NOT_AVAILABLE,
     QUERY_CANCELED,
     LockWatcher,
@@ -320,6 +326,8 @@ class Migrator:
                 "url": self.url(), **extra}
 
     def run(self, request: dict, lock_ms: int) -> dict:
+        if request["op"] != "inspect" and not request.get("sql"):
+            request.update(expect_database=self.identity, identity_sql=IDENTITY_SQL)
         return run_alembic(request, self.alembic_env(lock_ms), self.project_dir, self.p["timeout"] or None)
 
     def check_project(self) -> None:
@@ -347,6 +355,30 @@ class Migrator:
         if not revisions:
             self.fail(f"the Alembic project {self.config_path} has no revisions")
         return revisions
+
+    def database_identity(self) -> dict:
+        """Who login_db is (name and oid; server by postmaster start time and port): what every
+        connection of the Alembic project must match."""
+        conn = connect(self.module, application_name="pgmigrate-ops:alembic_migrate")
+        try:
+            with conn.cursor() as cur:
+                cur.execute(IDENTITY_SQL)
+                name, oid, started, port, host = cur.fetchone()
+        finally:
+            conn.rollback()
+            conn.close()
+        return {"database": name, "oid": int(oid), "started": started, "port": str(port), "host": host}
+
+    def elsewhere_msg(self, seen: str | None) -> str:
+        db = self.identity["database"]
+        where = f"{self.p['login_host'] or 'local socket'}:{self.p['login_port']}"
+        reached = f"{seen}, not to" if seen else "not (only) to"
+        return (f"the Alembic project's env.py connects elsewhere: to {reached} login_db {db} on {where} that "
+                "this module was given (env.py builds its own URL, e.g. from the application's settings, and "
+                "ignores the one it is given). Make env.py connect with the URL it is given "
+                "(context.config.get_main_option('sqlalchemy.url') or the DATABASE_URL environment variable; "
+                "the module puts the connection in the libpq environment PGHOST, PGPORT, PGUSER, PGDATABASE, "
+                f"PGPASSWORD), or set the application's own database settings to {db} on {where} for this run")
 
     def current_revision(self) -> str | None:
         conn = connect(self.module, application_name="pgmigrate-ops:alembic_migrate")
@@ -409,6 +441,7 @@ class Migrator:
     def migrate(self) -> dict:
         self.check_project()
         revisions = self.load_revisions()
+        self.identity = self.database_identity()
         ids = [r["revision"] for r in revisions]
         current = self.current_revision()
         if current is not None and current not in ids:
@@ -454,8 +487,10 @@ class Migrator:
         answer = self.run_with_retries(command, target, current)
         after = self.current_revision()
         if after != target:
-            self.fail(f"Alembic reported success but the database is at {after or 'base'}, not {target or 'base'}",
-                      **base)
+            moved = "did not move" if after == current else f"is at {after or 'base'}"
+            self.fail(f"Alembic reported success but login_db {self.identity['database']} {moved} (expected "
+                      f"{target or 'base'}): Alembic changed another database. "
+                      + self.elsewhere_msg(None) + ".", **base)
         result.update(attempts=len(self.attempt_log), attempt_log=self.attempt_log, duration_s=self.duration(),
                       log=answer.get("log", []), diff={"prepared": rendered or ""},
                       msg=f"{command} {current or 'base'} -> {target or 'base'}")
@@ -484,6 +519,10 @@ class Migrator:
                      else f"The database is now at {after or 'base'} (the project commits per revision).")
             extra = {"from_revision": current, "to_revision": after, "log": answer.get("log", []),
                      "blocked_by": blocked_by}
+            if answer.get("error_type") == "WrongDatabase":
+                self.fail(self.elsewhere_msg(entry["error"].removeprefix("env.py connected to "))
+                          + f". That connection was refused before any statement ran on it. {where}",
+                          **extra)
             if answer.get("sqlstate") == LOCK_NOT_AVAILABLE:
                 if attempt < len(self.schedule):
                     entry["pause_s"] = pause

@@ -10,6 +10,12 @@ the connection reaches it only through the libpq environment (PGHOST, PGPASSWORD
 so a password is never on a command line.  ``lock_timeout`` and ``statement_timeout`` are
 set for every session of the child with PGOPTIONS, which works with any Alembic project
 whose env.py connects through libpq.
+
+An env.py may ignore that connection and build its own URL from the application's settings.
+The runner therefore checks every connection the project opens (a SQLAlchemy ``connect``
+event, before the connection is used): its database (name and oid) and server (postmaster
+start time and port) must be the ones the module was given, or the run stops before any
+migration statement.
 """
 from __future__ import annotations
 
@@ -25,6 +31,12 @@ DURATION_RE = re.compile(r"^\s*(\d+)\s*(ms|s|min|h)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, None: 1}
 LOCK_NOT_AVAILABLE = "55P03"
 QUERY_CANCELED = "57014"
+
+# Who a connection reached: database name and oid, server by postmaster start time and port (the
+# module's own connection to login_db and every connection of the Alembic child must agree).
+IDENTITY_SQL = ("SELECT current_database(), d.oid::bigint, extract(epoch FROM pg_postmaster_start_time())::text, "
+                "current_setting('port'), host(inet_server_addr()) FROM pg_database d "
+                "WHERE d.datname = current_database()")
 
 # The child process.  argv[1]: request JSON file, argv[2]: answer JSON file.
 RUNNER = r'''
@@ -45,8 +57,34 @@ def sqlstate_of(exc):
         exc = exc.__cause__ or exc.__context__
     return None
 
+class WrongDatabase(Exception):
+    pass
+
+def guard_connections(expect, identity_sql, seen):
+    """Check every connection the project opens, before it runs anything: it must reach the database
+    the module was given (same server: postmaster start time and port; same database: name and oid)."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    def check(dbapi_conn, record):
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute(identity_sql)
+            row = cur.fetchone()
+        finally:
+            cur.close()
+            dbapi_conn.rollback()
+        got = {"database": row[0], "oid": int(row[1]), "started": row[2], "port": str(row[3]), "host": row[4]}
+        seen.append(got)
+        if any(got[k] != expect[k] for k in ("database", "oid", "started", "port")):
+            raise WrongDatabase("env.py connected to database %s on %s:%s, not to %s"
+                                % (got["database"], got["host"] or "local socket", got["port"], expect["database"]))
+
+    event.listen(Engine, "connect", check, insert=True)
+
 def main():
     req = json.load(open(sys.argv[1]))
+    seen = []
     answer = {"ok": False}
     try:
         from alembic import command
@@ -73,12 +111,21 @@ def main():
             revs.reverse()
             answer.update(ok=True, revisions=revs, heads=list(script.get_heads()))
         else:
+            if req.get("expect_database"):
+                guard_connections(req["expect_database"], req["identity_sql"], seen)
             fn = getattr(command, req["op"])
             fn(cfg, req["target"], sql=req.get("sql", False))
             answer.update(ok=True, sql=buf.getvalue())
     except BaseException as exc:
         answer.update(error=("%s" % exc).strip() or type(exc).__name__, error_type=type(exc).__name__,
                       sqlstate=sqlstate_of(exc), traceback=traceback.format_exc()[-4000:])
+    answer["sessions"] = seen
+    expect = req.get("expect_database")
+    wrong = [s for s in seen if expect and any(s[k] != expect[k] for k in ("database", "oid", "started", "port"))]
+    if wrong:  # even when env.py caught the error and carried on
+        answer.update(ok=False, error_type="WrongDatabase", wrong_sessions=wrong, sqlstate=None,
+                      error="env.py connected to database %s on %s:%s" % (
+                          wrong[0]["database"], wrong[0]["host"] or "local socket", wrong[0]["port"]))
     json.dump(answer, open(sys.argv[2], "w"))
 
 main()

@@ -7,11 +7,12 @@ bad inputs that change nothing, and raw SQL files in one transaction.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import threading
 import time
 from pathlib import Path
 
-from conftest import APP_DIR, ROOT, conn_args, run_module
+from conftest import APP_DIR, ROOT, VENV_BIN, conn_args, run_module
 
 FIXTURES = ROOT / "tests" / "fixtures"
 
@@ -224,3 +225,41 @@ def test_bad_timeout_is_refused(pg, reference_db, tmp_path):
     res = run_module("alembic_migrate", app_args(pg, reference_db, lock_timeout="2 seconds"), tmp_path)
     assert res.get("failed") is True and "bad timeout" in res["msg"] and "2s" in res["msg"]
     assert revision(pg, reference_db) == "v1_0_0"
+
+
+APP_SETTINGS = FIXTURES / "alembic_app_settings"
+
+
+def settings_app_db(pg, revision_id: str | None) -> str:
+    """A database migrated with the app-settings fixture (its env.py honouring DATABASE_URL here)."""
+    db = pg.create_database()
+    if revision_id:
+        subprocess.run([str(VENV_BIN / "alembic"), "-c", str(APP_SETTINGS / "alembic.ini"), "upgrade", revision_id],
+                       env=pg.env(db), check=True, capture_output=True, cwd=ROOT)
+    return db
+
+
+def test_env_py_that_connects_elsewhere_is_refused_before_anything_runs(pg, tmp_path):
+    """env.py takes its database from the application's settings (APP_DB_NAME): alembic_migrate is given
+    db A while env.py would migrate db B. The connection to B is refused before any statement, both stay."""
+    given, other = settings_app_db(pg, "g1"), settings_app_db(pg, "g1")
+    before = {db: (revision(pg, db), catalog(pg, db)) for db in (given, other)}
+    res = run_module("alembic_migrate", {**conn_args(pg, given), "project_dir": str(APP_SETTINGS), "revision": "head"},
+                     tmp_path, env={"APP_DB_NAME": other})
+    assert res.get("failed") is True
+    msg = " ".join(res["msg"].split())
+    assert f"env.py connects elsewhere: to database {other} on 127.0.0.1:{pg.port}, not to login_db {given}" in msg
+    assert "DATABASE_URL" in msg and "sqlalchemy.url" in msg and "application's own database settings" in msg
+    assert "That connection was refused before any statement ran on it" in msg and "still at g1" in msg
+    assert {db: (revision(pg, db), catalog(pg, db)) for db in (given, other)} == before
+    for db in (given, other):
+        pg.drop_database(db)
+
+
+def test_env_py_that_honours_the_given_url_migrates_the_given_database(pg, tmp_path):
+    given = settings_app_db(pg, "g1")
+    res = run_module("alembic_migrate", {**conn_args(pg, given), "project_dir": str(APP_SETTINGS), "revision": "head"},
+                     tmp_path, env={"APP_DB_NAME": given})
+    assert res.get("failed") is not True, res.get("msg")
+    assert res["changed"] is True and res["revisions_applied"] == ["g2"] and revision(pg, given) == "g2"
+    pg.drop_database(given)

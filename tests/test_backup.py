@@ -9,11 +9,11 @@ import os
 import re
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
 from conftest import conn_args, run_module
+from proc_watch import CmdlineWatcher
 
 VERSION = "2.0.0"
 RUN_ID = 4242
@@ -264,37 +264,20 @@ def test_password_never_in_argv_or_output(pg, backed_up, tmp_path):
                      f'exec {shutil.which(tool)} "$@"\n')
         w.chmod(0o755)
         wrappers[tool] = str(w)
-    seen: list[str] = []
-    stop = threading.Event()
-
-    def watch():
-        while not stop.is_set():
-            for proc in Path("/proc").glob("[0-9]*"):
-                try:
-                    seen.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-                except OSError:
-                    pass
-            stop.wait(0.02)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
+    with CmdlineWatcher() as seen:
         args = conn_args(pg, backed_up["db"])
         dumped = run_module("pg_backup", {**args, "backup_dir": str(tmp_path / "pw"),
                                           "pg_dump_path": wrappers["pg_dump"]}, tmp_path)
         proved = run_module("pg_backup_verify", {**args, "backup_path": dumped["backup_path"],
                                                  "pg_restore_path": wrappers["pg_restore"]}, tmp_path)
-    finally:
-        stop.set()
-        watcher.join()
     assert dumped["changed"] is True and proved["verified"] is True
     logged = log.read_text()
     assert "pg_dump --version" in logged and "pg_dump --no-password --format=custom" in logged
     assert "pg_restore --no-password --exit-on-error" in logged
     assert "PGPASSWORD set: yes" in logged  # the password travelled, through the environment
     assert pg.password not in logged
-    assert any("pg_dump" in cmd or "ansible-playbook" in cmd for cmd in seen)
-    assert not [cmd for cmd in seen if pg.password in cmd]
+    assert seen.saw("pg_dump") or seen.saw("ansible-playbook")
+    assert seen.containing(pg.password) == []
     for res in (dumped, proved):
         assert pg.password not in res["_output"] and pg.password not in json.dumps(res["commands"])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 
 from conftest import ROOT, VENV_BIN, run_playbook
 from test_alembic_migrate import catalog, data_digest, query, revision
@@ -119,3 +120,80 @@ def test_cycle_catches_a_broken_downgrade(pg, reference_db, tmp_path):
     assert "column public.widgets.colour: text" in out
     assert "constraint public.widget_tags.widget_tags_widget_id_fkey" in out
     pg.drop_database(seed_db)
+
+
+APP_SETTINGS = FIXTURES / "alembic_app_settings"
+
+
+def cycle_target(pg, revision_id: str | None) -> str:
+    """A target with an application table of its own, at ``revision_id`` of the app-settings fixture."""
+    db = pg.create_database()
+    conn = pg.connect(db)
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE customers (id int PRIMARY KEY, name text)")
+    conn.close()
+    if revision_id:
+        subprocess.run([str(VENV_BIN / "alembic"), "-c", str(APP_SETTINGS / "alembic.ini"), "upgrade", revision_id],
+                       env=pg.env(db), check=True, capture_output=True, cwd=ROOT)
+    return db
+
+
+def target_state(pg, db):
+    has_version = query(pg, db, "SELECT to_regclass('alembic_version') IS NOT NULL")[0][0]
+    return (revision(pg, db) if has_version else None), catalog(pg, db)
+
+
+def test_cycle_stops_when_env_py_would_migrate_the_target(pg, tmp_path):
+    """env.py builds its URL from the application's settings (APP_DB_NAME = the target): the cycle test
+    given the scratch database must not migrate the target; it stops at the first step, saying why."""
+    target = cycle_target(pg, None)
+    before = target_state(pg, target)
+    res = run_playbook("playbooks/schema_cycle.yml", tmp_path,
+                       {**pg.conn_vars(target), "schema_migrate_alembic_dir": str(APP_SETTINGS)},
+                       env={"APP_DB_NAME": target})
+    assert res.rc != 0
+    out = " ".join(res.output.split())
+    assert f"env.py connects elsewhere: to database {target} on 127.0.0.1:{pg.port}, not to login_db " \
+           f"{target}_schema_cycle" in out
+    assert "The up/down cycle test failed at step 1. upgrade +1: FAILED" in out and "2. downgrade -1" not in out
+    assert target_state(pg, target) == before  # revision still none, catalog untouched
+    assert query(pg, target, "SELECT count(*) FROM pg_database WHERE datname = %s",
+                 (f"{target}_schema_cycle",)) == [(0,)]
+    pg.drop_database(target)
+
+
+def test_cycle_stops_at_once_when_the_target_moves(pg, tmp_path):
+    """env.py migrates the scratch database it is given, but also writes to the application's database (the
+    target) outside SQLAlchemy: the target's catalog moves during step 1, and the test stops right there."""
+    target = cycle_target(pg, "g1")
+    before = target_state(pg, target)
+    res = run_playbook("playbooks/schema_cycle.yml", tmp_path,
+                       {**pg.conn_vars(target), "schema_migrate_alembic_dir": str(APP_SETTINGS)},
+                       env={"APP_AUDIT_DB_NAME": target})
+    assert res.rc != 0
+    out = " ".join(res.output.split())
+    assert (f"The cycle test changed the TARGET database {target} during step 1 (upgrade +1), although it was "
+            f"given only the scratch database {target}_schema_cycle: the target's revision is still g1; the "
+            "target's catalog moved: new: column public.migration_audit.at: timestamp with time zone "
+            "DEFAULT now(), column public.migration_audit.note: text;") in out
+    assert "Stopped at once: no further step ran" in out and "env.py" in out
+    assert "Run the step 'downgrade -1'" not in out
+    rev, cat = target_state(pg, target)
+    assert rev == before[0] == "g1"
+    assert set(cat) - set(before[1]) == {("col", "migration_audit.at timestamp with time zone YES"),
+                                         ("col", "migration_audit.note text YES")}
+    assert query(pg, target, "SELECT count(*) FROM migration_audit") == [(1,)]  # one step ran, not five
+    assert query(pg, target, "SELECT count(*) FROM pg_database WHERE datname = %s",
+                 (f"{target}_schema_cycle",)) == [(0,)]
+    pg.drop_database(target)
+
+
+def test_cycle_runs_when_the_target_does_not_exist_yet(pg, tmp_path):
+    """The target guard reads the target only when it exists: a cycle test before the first install works."""
+    absent = f"t_absent_{uuid.uuid4().hex[:8]}"
+    res = run_playbook("playbooks/schema_cycle.yml", tmp_path,
+                       {**pg.conn_vars(absent), "schema_migrate_alembic_dir": str(APP_SETTINGS)})
+    assert res.rc == 0, res.output[-3000:]
+    assert "5. upgrade head again: base -> g2 ok" in res.output
+    assert query(pg, "pgmigrate_test", "SELECT count(*) FROM pg_database WHERE datname LIKE %s",
+                 (f"{absent}%",)) == [(0,)]
