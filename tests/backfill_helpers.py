@@ -7,16 +7,7 @@ import time
 import uuid
 from pathlib import Path
 
-from conftest import ROOT, VENV_BIN, ansible_env, write_vars
-
-
-def query(pg, db, text, params=()):
-    conn = pg.connect(db)
-    with conn.cursor() as cur:
-        cur.execute(text, params)
-        rows = cur.fetchall() if cur.description else None
-    conn.close()
-    return rows
+from conftest import ROOT, VENV_BIN, ansible_env, query, write_vars
 
 
 def snapshot(pg, db):

@@ -119,6 +119,33 @@ def reference_template(pg):
     return name
 
 
+@pytest.fixture(scope="session")
+def v2_template(pg, reference_template):
+    """The reference database (3,000 predictions) at revision v2_0_0, before any backfill."""
+    name = pg.create_database(template=reference_template)
+    alembic(pg, name, "upgrade", "v2_0_0")
+    return name
+
+
+@pytest.fixture
+def v2_db(pg, v2_template):
+    """A fresh copy of the v2_0_0 reference database (not backfilled) for one test."""
+    name = pg.create_database(template=v2_template)
+    yield name
+    pg.drop_database(name)
+
+
+def query(pg: PgServer, db: str, text, params=()):
+    """Rows of one statement on ``db`` as the owner (None for a statement without rows)."""
+    conn = pg.connect(db)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(text, params)
+            return cur.fetchall() if cur.description else None
+    finally:
+        conn.close()
+
+
 @pytest.fixture
 def reference_db(pg, reference_template):
     """A fresh copy of the 1.0.0 reference database for one test."""

@@ -26,20 +26,6 @@ PLAN = yaml.safe_load((ROOT / "migrations" / "2.0.0.yml").read_text())
 BACKFILL = PLAN["backfills"][0]["name"]
 
 
-@pytest.fixture(scope="module")
-def v2_template(pg, reference_template):
-    name = pg.create_database(template=reference_template)
-    alembic(pg, name, "upgrade", "v2_0_0")
-    return name
-
-
-@pytest.fixture
-def v2_db(pg, v2_template):
-    name = pg.create_database(template=v2_template)
-    yield name
-    pg.drop_database(name)
-
-
 def plan_dir(tmp_path: Path, **backfill) -> Path:
     """The reference plan with its backfill changed (test-only input, in the test's own directory)."""
     plan = copy.deepcopy(PLAN)

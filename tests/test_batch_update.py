@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from backfill_helpers import checkpoints, checksum, module_pids, query, snapshot, start_module, wait_for_batches
-from conftest import ROOT, alembic, conn_args, run_module, run_playbook
+from conftest import ROOT, conn_args, run_module, run_playbook
 from psycopg2 import sql
 
 PLAN = yaml.safe_load((ROOT / "migrations" / "2.0.0.yml").read_text())
@@ -47,21 +47,6 @@ def fails_at_1500(rows):
         raise ValueError("cannot score prediction 1500")
     return transforms.prediction_accuracy(rows)
 '''
-
-
-@pytest.fixture(scope="module")
-def v2_template(pg, reference_template):
-    """The reference database (3,000 predictions) at revision v2_0_0, before any backfill."""
-    name = pg.create_database(template=reference_template)
-    alembic(pg, name, "upgrade", "v2_0_0")
-    return name
-
-
-@pytest.fixture
-def v2_db(pg, v2_template):
-    name = pg.create_database(template=v2_template)
-    yield name
-    pg.drop_database(name)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import OWNER, ROOT, alembic, conn_args, pgcluster, run_module, run_playbook
+from conftest import OWNER, ROOT, conn_args, pgcluster, query, run_module, run_playbook
 from psycopg2 import sql
 
 PLAN = yaml.safe_load((ROOT / "migrations" / "2.0.0.yml").read_text())
@@ -100,20 +100,6 @@ def standby(pg):
         admin.close()
 
 
-@pytest.fixture(scope="module")
-def v2_template(pg, reference_template):
-    name = pg.create_database(template=reference_template)
-    alembic(pg, name, "upgrade", "v2_0_0")
-    return name
-
-
-@pytest.fixture
-def v2_db(pg, v2_template):
-    name = pg.create_database(template=v2_template)
-    yield name
-    pg.drop_database(name)
-
-
 @pytest.fixture
 def stats_reader(pg):
     """The owner role with pg_read_all_stats, for one test."""
@@ -126,15 +112,6 @@ def stats_reader(pg):
         with admin.cursor() as cur:
             cur.execute(sql.SQL("REVOKE pg_read_all_stats FROM {}").format(sql.Identifier(OWNER)))
         admin.close()
-
-
-def query(pg, db, text, params=()):
-    conn = pg.connect(db)
-    with conn.cursor() as cur:
-        cur.execute(text, params)
-        rows = cur.fetchall() if cur.description else None
-    conn.close()
-    return rows
 
 
 def state(pg, db):
