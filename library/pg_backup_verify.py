@@ -18,7 +18,7 @@ description:
   - 4. Every table of the scratch database has the manifest's exact row count and content checksum, and no table
     is missing or extra.
   - The scratch database is dropped afterwards, also when a step fails. With O(keep_scratch=true) a proven copy is
-    kept instead (RV(scratch_kept)): the backup phase rehearses the schema migration and the plan's SQL on it
+    kept instead (RV(scratch_kept)); the backup phase rehearses the schema migration and the plan's SQL on it
     before the target changes, and drops it after.
   - The manifest then records the outcome (C(verified) true or false, when, and how long each step took).
   - A backup whose manifest already says it was verified and whose sha256 still matches is not restored again

@@ -19,7 +19,7 @@ description:
   - Each check runs under a savepoint; a check whose SQL fails is reported as C(error) with the database's message,
     never as passed, and the other checks still run.
   - O(mode=plan) only plans the checks, on a database that has the plan's schema but not its data yet (the backup
-    phase's rehearsal copy): every data query is planned with C(EXPLAIN), so an unknown table or column, a type
+    phase's rehearsal copy). Every data query is planned with C(EXPLAIN), so an unknown table or column, a type
     mismatch or a syntax error is an C(error) naming the check, and no row is read (status C(planned)); the
     V(schema) check reads the catalog as always. A V(row_count) check only needs its table.
   - O(mode=baseline) takes the exact row counts of O(tables) (the baseline of the V(row_count) checks).

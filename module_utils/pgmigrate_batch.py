@@ -781,12 +781,12 @@ class Backfill:
         if self.spec.where:
             probes.append(("where", sql.SQL("SELECT 1 FROM {t} WHERE {w}").format(
                 t=self.target.ident, w=fragment(self.spec.where))))
-        for field, probe in probes:
+        for name, probe in probes:
             try:
                 cur.execute(sql.SQL("EXPLAIN ") + probe)
             except psycopg2.Error:
                 self.conn.rollback()
-                return field
+                return name
             self.conn.rollback()
         return None
 
