@@ -17,7 +17,9 @@ description:
     characters) succeeds.
   - 4. Every table of the scratch database has the manifest's exact row count and content checksum, and no table
     is missing or extra.
-  - The scratch database is dropped afterwards, also when a step fails.
+  - The scratch database is dropped afterwards, also when a step fails. With O(keep_scratch=true) a proven copy is
+    kept instead (RV(scratch_kept)); the backup phase rehearses the schema migration and the plan's SQL on it
+    before the target changes, and drops it after.
   - The manifest then records the outcome (C(verified) true or false, when, and how long each step took).
   - A backup whose manifest already says it was verified and whose sha256 still matches is not restored again
     (no change), unless O(force=true).
@@ -66,6 +68,13 @@ options:
     description: Record the outcome in the manifest.
     type: bool
     default: true
+  keep_scratch:
+    description:
+      - Keep the scratch database when the backup is proven (it is dropped when any step fails), for the backup
+        phase's rehearsal; the caller drops it (RV(scratch_db)). Restores even a backup whose manifest already says
+        it was verified, since the rehearsal needs the copy.
+    type: bool
+    default: false
 notes:
   - The login role needs C(CREATEDB) for the scratch database. O(login_db) is only the database to connect to
     while creating and dropping it.
@@ -103,11 +112,15 @@ tables:
   returned: when the restore ran
   type: dict
 scratch_db:
-  description: Name of the scratch database (dropped again).
+  description: Name of the scratch database (dropped again, unless RV(scratch_kept)).
   returned: when the restore ran
   type: str
 scratch_dropped:
   description: Whether the scratch database was dropped.
+  returned: when the restore ran
+  type: bool
+scratch_kept:
+  description: Whether the proven scratch database was kept for the caller (O(keep_scratch)).
   returned: when the restore ran
   type: bool
 durations:
@@ -189,9 +202,9 @@ class Verification:
 
     def restore_and_compare(self, manifest: dict, pg_restore: str) -> None:
         name = scratch_name(self.p["scratch_prefix"], self.p["run_id"])
-        self.result.update(scratch_db=name, scratch_dropped=False)
+        self.result.update(scratch_db=name, scratch_dropped=False, scratch_kept=False)
         admin = connect(self.module, autocommit=True)
-        created = False
+        created = proven = False
         try:
             settings = manifest.get("database_settings") or {}
             stmt = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
@@ -215,8 +228,11 @@ class Verification:
                                   f"{tail(proc.stderr)}")
             self.step("restore", True, f"restored into scratch database {name} in {self.durations['restore_s']} s")
             self.timed("tables_s", self.compare_tables, manifest, name)
+            proven = True
         finally:
-            if created:
+            if created and proven and self.p["keep_scratch"]:
+                self.result["scratch_kept"] = True
+            elif created:
                 self.result["scratch_dropped"] = drop_database(admin, name)
             admin.close()
 
@@ -276,6 +292,7 @@ def main() -> None:
         pg_restore_path=dict(type="str", default="pg_restore"),
         force=dict(type="bool", default=False),
         update_manifest=dict(type="bool", default=True),
+        keep_scratch=dict(type="bool", default=False),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
@@ -298,7 +315,7 @@ def main() -> None:
         digests = v.timed("files_s", check_files, p["backup_path"], manifest)
         v.step("files", True, f"size {digests['size_bytes']} bytes and sha256 {digests['sha256'][:12]}... match "
                               "the manifest")
-        if manifest.get("verified") is True and not p["force"]:
+        if manifest.get("verified") is True and not p["force"] and not p["keep_scratch"]:
             module.exit_json(**v.finish(verified=True, msg=f"{p['backup_path']} was proven to restore at "
                                                            f"{manifest.get('verified_at')} and its sha256 still "
                                                            "matches; not restored again (force=true to redo)"))
@@ -327,7 +344,9 @@ def main() -> None:
     rows = sum(t["rows"] for t in manifest["tables"].values())
     module.exit_json(**v.finish(changed=True, verified=True,
                                 msg=f"{p['backup_path']} restores: {len(manifest['tables'])} tables, {rows} rows, "
-                                    "counts and checksums equal the manifest"))
+                                    "counts and checksums equal the manifest"
+                                    + (f"; scratch database {v.result['scratch_db']} kept for the rehearsal"
+                                       if v.result.get("scratch_kept") else "")))
 
 
 if __name__ == "__main__":

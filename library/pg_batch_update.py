@@ -39,7 +39,8 @@ attributes:
     support: full
     details: >-
       Plans the statements, counts the rows that would change (a planner estimate above O(check_count_limit)
-      rows) and returns the SQL; updates nothing. Before the schema phase a missing table or column is a warning.
+      rows) and returns the SQL; updates nothing. Before the schema phase a missing table or column is a warning,
+      unless O(schema_ready=true).
   diff_mode:
     support: none
 options:
@@ -217,6 +218,13 @@ options:
     description: In check mode, tables with more rows (estimate) are counted with a planner estimate.
     type: int
     default: 5000000
+  schema_ready:
+    description:
+      - The database already has the plan's schema (for example the backup phase's rehearsal copy after its schema
+        migration). In check mode a missing table or column then fails, naming the backfill and the field, instead
+        of being a warning that the schema phase may create it.
+    type: bool
+    default: false
 '''
 
 EXAMPLES = r'''
@@ -324,6 +332,11 @@ sql:
   description: The batch statement (with placeholders for the range bounds).
   returned: when the table and columns exist
   type: str
+field:
+  description: The plan field whose SQL does not plan (V(set.<column>) or V(where)), when it can be told apart.
+  returned: when the backfill's SQL does not plan
+  type: str
+  sample: set.model_accuracy
 progress_file:
   description: The JSON-lines progress log.
   returned: success
@@ -396,6 +409,7 @@ def argument_spec() -> dict:
         progress_token=dict(type="str", no_log=False),
         restart=dict(type="bool", default=False),
         check_count_limit=dict(type="int", default=5_000_000),
+        schema_ready=dict(type="bool", default=False),
     )
     return spec
 
@@ -438,7 +452,7 @@ def main() -> None:
         try:
             engine.prepare()
         except BackfillError as exc:
-            if module.check_mode and exc.facts.get("missing"):
+            if module.check_mode and exc.facts.get("missing") and not p["schema_ready"]:
                 warn(module, engine)
                 module.warn(f"{exc.msg} (check mode: the schema phase may create it; the backfill is not previewed)")
                 module.exit_json(changed=True, would_update=None, checkpoint=None,

@@ -18,6 +18,10 @@ description:
     (columns, types, nullability, indexes, constraints) and V(custom_sql) (a query and the value it must return)."
   - Each check runs under a savepoint; a check whose SQL fails is reported as C(error) with the database's message,
     never as passed, and the other checks still run.
+  - O(mode=plan) only plans the checks, on a database that has the plan's schema but not its data yet (the backup
+    phase's rehearsal copy). Every data query is planned with C(EXPLAIN), so an unknown table or column, a type
+    mismatch or a syntax error is an C(error) naming the check, and no row is read (status C(planned)); the
+    V(schema) check reads the catalog as always. A V(row_count) check only needs its table.
   - O(mode=baseline) takes the exact row counts of O(tables) (the baseline of the V(row_count) checks).
   - O(mode=functional) asks the running application (O(app_url)) for its health and for a sample of rows, and
     compares each answer with the row in the database.
@@ -38,7 +42,7 @@ options:
   mode:
     description: What to do.
     type: str
-    choices: [validate, baseline, functional, performance]
+    choices: [validate, plan, baseline, functional, performance]
     default: validate
   checks:
     description:
@@ -184,27 +188,28 @@ checks:
   description:
     - One result per check with C(name), C(kind), C(severity), C(status) (passed, failed, error, skipped), C(message)
       naming what was found, C(duration_ms), and the kind's numbers (C(actual)/C(expected), C(percentage),
-      C(invalid_rows), C(sample_keys), C(problems), C(mismatches), C(sqlstate) ...).
-  returned: when mode is validate or functional
+      C(invalid_rows), C(sample_keys), C(problems), C(mismatches), C(sqlstate) ...). With O(mode=plan) a check whose
+      SQL plans has the status C(planned).
+  returned: when mode is validate, plan or functional
   type: list
   elements: dict
 summary:
   description: Counts per status, C(warnings), the names of the C(blocking) checks and C(passed_all).
-  returned: when mode is validate or functional
+  returned: when mode is validate, plan or functional
   type: dict
 failed_checks:
   description: Names of the failing checks of severity C(error).
-  returned: when mode is validate or functional
+  returned: when mode is validate, plan or functional
   type: list
   elements: str
 baseline:
   description: Row counts per table (taken with O(mode=baseline), or the baseline the checks used).
-  returned: when mode is baseline or validate
+  returned: when mode is baseline, validate or plan
   type: dict
   sample: {predictions: 100000, matches: 4000, teams: 40}
 baseline_source:
   description: Where the baseline came from (C(argument), C(ledger run N), C(none)).
-  returned: when mode is validate
+  returned: when mode is validate or plan
   type: str
 snapshot_at:
   description: Server time of the transaction's snapshot.
@@ -291,7 +296,7 @@ def ledger_baseline(cur, schema: str, version: str | None, run_id: int | None) -
     return {}, "none"
 
 
-def run_validate(module, cur, p: dict) -> dict:
+def run_validate(module, cur, p: dict, plan_only: bool = False) -> dict:
     baseline, source = dict(p["baseline"] or {}), "argument"
     if not baseline and (p["baseline_version"] or p["baseline_run_id"]):
         baseline, source = ledger_baseline(cur, p["ops_schema"], p["baseline_version"], p["baseline_run_id"])
@@ -303,7 +308,7 @@ def run_validate(module, cur, p: dict) -> dict:
     if p["expect_schema"]:
         checks.append({"name": "schema_matches_plan", "kind": "schema", "expect_schema": p["expect_schema"],
                        "description": "the plan's schema.expect"})
-    results = [run_check(cur, check, baseline, p["statement_timeout"]) for check in checks]
+    results = [run_check(cur, check, baseline, p["statement_timeout"], plan_only) for check in checks]
     return {"checks": results, "baseline": baseline, "baseline_source": source}
 
 
@@ -358,7 +363,8 @@ def run_performance(module, cur, p: dict) -> dict:
 def main() -> None:
     argument_spec = connection_argument_spec()
     argument_spec.update(
-        mode=dict(type="str", default="validate", choices=["validate", "baseline", "functional", "performance"]),
+        mode=dict(type="str", default="validate", choices=["validate", "plan", "baseline", "functional",
+                                                            "performance"]),
         checks=dict(type="list", elements="dict", default=[]),
         expect_schema=dict(type="dict"),
         baseline=dict(type="dict", default={}),
@@ -405,8 +411,8 @@ def main() -> None:
                     counts[table] = rows
                 result.update(baseline=counts, passed=True,
                               msg="baseline: " + ", ".join(f"{t} {n:,} rows" for t, n in counts.items()))
-            elif p["mode"] == "validate":
-                result.update(run_validate(module, cur, p))
+            elif p["mode"] in ("validate", "plan"):
+                result.update(run_validate(module, cur, p, plan_only=p["mode"] == "plan"))
             elif p["mode"] == "functional":
                 result.update(run_functional(module, cur, p))
             else:
@@ -425,8 +431,9 @@ def main() -> None:
         bad = [c for c in result["checks"] if c["status"] in ("failed", "error")]
         named = [f"{c['name']} {c['status']}{' (warning)' if c['severity'] == 'warning' else ''}: {c['message']}"
                  for c in bad]
-        result["msg"] = f"{summary['passed']} of {summary['total']} checks passed" + (": " + "; ".join(named)
-                                                                                     if named else "")
+        verb = "plan" if p["mode"] == "plan" else "passed"
+        done = summary["passed"] + summary.get("planned", 0)
+        result["msg"] = f"{done} of {summary['total']} checks {verb}" + (": " + "; ".join(named) if named else "")
         if p["fail_on_failed_checks"] and not summary["passed_all"]:
             module.fail_json(**result)
     module.exit_json(**result)

@@ -871,9 +871,30 @@ class Backfill:
             self.conn.rollback()
             text = str(exc).strip().rstrip(".")
             missing = "column" if getattr(exc, "pgcode", None) == "42703" else None
+            field = self.failing_field(cur)
+            where = (f"The problem is in {field}: fix it in the plan" if field
+                     else "Fix 'set'/'where' in the plan")
             raise BackfillError(f"backfill {self.spec.name}: the SQL of the backfill does not plan: {text}. "
-                                "Fix 'set'/'where' in the plan; nothing was changed", missing=missing,
+                                f"{where}; nothing was changed", missing=missing, field=field,
                                 sql=stmt.as_string(self.conn)) from exc
+
+    def failing_field(self, cur) -> str | None:
+        """Which plan field a statement that does not plan comes from: each SQL fragment is
+        planned alone (EXPLAIN, nothing runs), so the message can name set.<column> or where."""
+        probes = [(f"set.{col}", sql.SQL("UPDATE {t} SET {c} = {e} WHERE false").format(
+                      t=self.target.ident, c=sql.Identifier(col), e=fragment(expr)))
+                  for col, expr in (self.spec.set or {}).items()]
+        if self.spec.where:
+            probes.append(("where", sql.SQL("SELECT 1 FROM {t} WHERE {w}").format(
+                t=self.target.ident, w=fragment(self.spec.where))))
+        for name, probe in probes:
+            try:
+                cur.execute(sql.SQL("EXPLAIN ") + probe)
+            except psycopg2.Error:
+                self.conn.rollback()
+                return name
+            self.conn.rollback()
+        return None
 
     def now_param(self) -> datetime.datetime | None:
         return datetime.datetime.now(datetime.timezone.utc) if self.spec.incremental else None

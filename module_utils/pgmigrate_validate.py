@@ -97,8 +97,18 @@ def exact_count(cur, name: str) -> int | None:
     return int(cur.fetchone()[0])
 
 
-def check_row_count(cur, check: dict, baseline: dict) -> dict:
+def plan_query(cur, stmt) -> dict:
+    """Plan a check's query without running it (EXPLAIN: every name and type is resolved, no row is read)."""
+    cur.execute(sql.SQL("EXPLAIN ") + stmt)
+    cur.fetchall()
+    return {"status": "planned", "message": "its SQL plans (names and types resolve); not run"}
+
+
+def check_row_count(cur, check: dict, baseline: dict, plan_only: bool = False) -> dict:
     found = _table(cur, check.get("table"), check)
+    if plan_only:
+        return {"status": "planned", "message": f"table {found['schema']}.{found['table']} exists; its rows are "
+                                                "counted at validation"}
     actual = exact_count(cur, check["table"])
     expected = check.get("expect")
     source = "expect"
@@ -120,7 +130,7 @@ def check_row_count(cur, check: dict, baseline: dict) -> dict:
             "difference": diff, "tolerance_pct": tolerance, "message": message}
 
 
-def check_migrated_percentage(cur, check: dict) -> dict:
+def check_migrated_percentage(cur, check: dict, plan_only: bool = False) -> dict:
     found = _table(cur, check.get("table"), check)
     columns = check.get("columns") or ([check["column"]] if check.get("column") else [])
     if not columns:
@@ -128,8 +138,11 @@ def check_migrated_percentage(cur, check: dict) -> dict:
     t = sql.Identifier(found["schema"], found["table"])
     scope = sql.SQL(check["where"]) if check.get("where") else sql.SQL("true")
     done = sql.SQL(" AND ").join(sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in columns)
-    cur.execute(sql.SQL("SELECT count(*), count(*) FILTER (WHERE {done}) FROM {t} WHERE {scope}").format(
-        done=done, t=t, scope=scope))
+    query = sql.SQL("SELECT count(*), count(*) FILTER (WHERE {done}) FROM {t} WHERE {scope}").format(
+        done=done, t=t, scope=scope)
+    if plan_only:
+        return plan_query(cur, query)
+    cur.execute(query)
     should, migrated = (int(v) for v in cur.fetchone())
     pct = 100.0 if should == 0 else round(100.0 * migrated / should, 4)
     threshold = float(check.get("threshold", 100) if check.get("threshold") is not None else 100)
@@ -143,13 +156,16 @@ def check_migrated_percentage(cur, check: dict) -> dict:
     return result
 
 
-def check_invalid_rows(cur, check: dict) -> dict:
+def check_invalid_rows(cur, check: dict, plan_only: bool = False) -> dict:
     found = _table(cur, check.get("table"), check)
     if not check.get("predicate"):
         raise CheckInputError(f"check {check['name']!r} (invalid_rows) needs 'predicate' (what makes a row invalid)")
     predicate = sql.SQL("(") + sql.SQL(check["predicate"]) + sql.SQL(") IS TRUE")
-    cur.execute(sql.SQL("SELECT count(*) FROM {t} WHERE {p}").format(
-        t=sql.Identifier(found["schema"], found["table"]), p=predicate))
+    query = sql.SQL("SELECT count(*) FROM {t} WHERE {p}").format(t=sql.Identifier(found["schema"], found["table"]),
+                                                                   p=predicate)
+    if plan_only:
+        return plan_query(cur, query)
+    cur.execute(query)
     invalid = int(cur.fetchone()[0])
     allowed = int(check.get("max_invalid", 0) or 0)
     result = {"status": "passed" if invalid <= allowed else "failed", "invalid_rows": invalid,
@@ -268,11 +284,13 @@ def values_equal(actual: Any, expected: Any) -> bool:
     return str(actual) == str(expected)
 
 
-def check_custom_sql(cur, check: dict) -> dict:
+def check_custom_sql(cur, check: dict, plan_only: bool = False) -> dict:
     if not check.get("sql"):
         raise CheckInputError(f"check {check['name']!r} (custom_sql) needs 'sql' (a query returning one value)")
     if "expect" not in check:
         raise CheckInputError(f"check {check['name']!r} (custom_sql) needs 'expect' (the value the query must return)")
+    if plan_only:
+        return plan_query(cur, sql.SQL(check["sql"]))
     cur.execute(sql.SQL(check["sql"]))
     if cur.description is None:
         raise CheckInputError(f"check {check['name']!r}: the statement returned no rows (it must be a query)")
@@ -283,8 +301,9 @@ def check_custom_sql(cur, check: dict) -> dict:
             "message": f"query returned {actual!r}, expected {check['expect']!r}"}
 
 
-def run_check(cur, check: dict, baseline: dict, statement_timeout: str) -> dict:
-    """Run one check under a savepoint; its SQL errors become the check's error."""
+def run_check(cur, check: dict, baseline: dict, statement_timeout: str, plan_only: bool = False) -> dict:
+    """Run one check under a savepoint; its SQL errors become the check's error.  With ``plan_only``
+    the data queries are only planned (status ``planned``); the schema check reads the catalog as always."""
     result: dict[str, Any] = {"name": check.get("name"), "kind": check.get("kind"),
                               "severity": check.get("severity", "error")}
     if check.get("description"):
@@ -297,15 +316,15 @@ def run_check(cur, check: dict, baseline: dict, statement_timeout: str) -> dict:
         cur.execute("SELECT set_config('statement_timeout', %s, true)", (statement_timeout,))
         kind = check.get("kind")
         if kind == "row_count":
-            result.update(check_row_count(cur, check, baseline))
+            result.update(check_row_count(cur, check, baseline, plan_only))
         elif kind == "migrated_percentage":
-            result.update(check_migrated_percentage(cur, check))
+            result.update(check_migrated_percentage(cur, check, plan_only))
         elif kind == "invalid_rows":
-            result.update(check_invalid_rows(cur, check))
+            result.update(check_invalid_rows(cur, check, plan_only))
         elif kind == "schema":
             result.update(check_schema(cur, check))
         elif kind == "custom_sql":
-            result.update(check_custom_sql(cur, check))
+            result.update(check_custom_sql(cur, check, plan_only))
         else:
             raise CheckInputError(f"unknown check kind {kind!r}; use one of {', '.join(CHECK_KINDS)}")
         cur.execute("RELEASE SAVEPOINT pgmigrate_check")

@@ -38,3 +38,10 @@ def test_ledger_records_the_proven_backup(host):
 
 def test_no_scratch_database_is_left(host):
     assert psql(host, "SELECT count(*) FROM pg_database WHERE datname LIKE 'pgmigrate_verify%'", "postgres") == "0"
+
+
+def test_rehearsal_migrated_only_the_copy(host):
+    """The rehearsal migrated the restored copy to v2_0_0; the target stays at v1_0_0 without the new columns."""
+    assert psql(host, "SELECT version_num FROM alembic_version") == "v1_0_0"
+    assert psql(host, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'predictions' "
+                      "AND column_name IN ('model_accuracy', 'feature_importance')") == "0"
