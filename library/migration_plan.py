@@ -14,6 +14,10 @@ description:
   - Fails before anything touches a database, with every problem named by its field path
     (for example C(backfills[0].batch_size) with what it expects).
   - An unknown version fails with the list of versions that have a plan.
+  - Every SQL fragment of the plan (backfill C(set) expressions and C(where) filters, check C(where) filters and
+    C(predicate)s, C(custom_sql) checks) is parsed with PostgreSQL's own grammar (pglast) at load. An expression must
+    be exactly one expression, a query exactly one SELECT with no data-modifying statement (none in a WITH either),
+    no C(SELECT INTO) and no C(FOR UPDATE/SHARE). Anything else fails the load, naming the field and the fragment.
   - Reads files only; changes nothing.
 version_added: "1.0.0"
 author: pgmigrate-ops contributors
@@ -31,6 +35,9 @@ options:
     description: Directory holding the plan files.
     type: path
     required: true
+requirements:
+  - PyYAML
+  - pglast (PostgreSQL's parser, for the plan's SQL)
 '''
 
 EXAMPLES = r'''
@@ -62,7 +69,8 @@ available_versions:
 import os
 import re
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.pgmigrate_sql import HAS_PGLAST, PGLAST_IMP_ERR
 
 from ansible.module_utils.pgmigrate_plan import VERSION_RE, validate_plan
 
@@ -88,8 +96,9 @@ def main() -> None:
         supports_check_mode=True,
     )
     if not HAS_YAML:
-        from ansible.module_utils.basic import missing_required_lib
         module.fail_json(msg=missing_required_lib("PyYAML"))
+    if not HAS_PGLAST:
+        module.fail_json(msg=missing_required_lib("pglast"), exception=PGLAST_IMP_ERR)
     version, plan_dir = module.params["version"], module.params["plan_dir"]
     versions = available_versions(plan_dir)
     result = {"changed": False, "available_versions": versions}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import ROOT, VENV_BIN, ansible_env, run_playbook, write_vars
 from psycopg2 import sql
-from validate_helpers import query, start_app, stop
+from validate_helpers import database_state, query, start_app, stop
 
 
 def flow_vars(pg, db: str, tmp_path: Path, **extra) -> dict:
@@ -81,6 +81,29 @@ def test_malformed_plan_names_the_bad_field(pg, reference_db, tmp_path):
     res = run_playbook("migrate.yml", tmp_path, flow_vars(pg, reference_db, tmp_path, pgmigrate_plan_dir=str(plans)))
     assert res.rc != 0 and "is not valid YAML" in res.output
     assert snapshot(pg, reference_db) == before
+
+
+def test_plan_sql_escaping_its_transaction_is_refused_at_plan_load(pg, reference_db, tmp_path):
+    """The plan phase's preflight used to send the backfill filter as '... WHERE true; COMMIT;
+    CREATE TABLE ...': the COMMIT ended the READ ONLY transaction and the rest committed, under
+    --check too, before the lock and the backup. Now the plan does not load."""
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    text = (ROOT / "migrations" / "2.0.0.yml").read_text()
+    hostile = "true; COMMIT; CREATE TABLE pwned_by_plan_phase (x int); SELECT 1"
+    (plans / "2.0.0.yml").write_text(text.replace(
+        "where: feature_importance IS NULL OR (model_accuracy IS NULL AND actual_result IS NOT NULL)",
+        f"where: '{hostile}'"))
+    before = database_state(pg, reference_db)
+    for args in (["--check"], []):
+        res = run_playbook("migrate.yml", tmp_path, flow_vars(pg, reference_db, tmp_path,
+                                                              pgmigrate_plan_dir=str(plans)), *args)
+        assert database_state(pg, reference_db) == before
+        assert res.rc != 0
+        output = " ".join(res.output.split())  # the YAML callback folds long messages
+        assert "backfills[0].where: it holds 3 " in output and "statement separators" in output
+        assert "CREATE TABLE pwned_by_plan_phase (x int); SELECT 1" in output
+    assert "migration_ops" not in str(before)
 
 
 def test_check_mode_changes_nothing(pg, reference_db, tmp_path):

@@ -5,7 +5,7 @@ import copy
 
 import pytest
 from conftest import conn_args, run_module
-from validate_helpers import PLAN, execute, migrate, query, start_app, stop, table_checksums
+from validate_helpers import PLAN, database_state, execute, migrate, query, start_app, stop, table_checksums
 
 CHECKS = PLAN["validation"]["checks"]
 EXPECT = PLAN["schema"]["expect"]
@@ -197,3 +197,31 @@ def test_functional_and_performance_against_the_api(pg, migrated_db, tmp_path):
         stop(proc)
     down = run_module("pg_validate", {**args, "mode": "functional", "app_url": url, "sample_size": 2}, tmp_path)
     assert down.get("failed") is True and "smoke_health failed" in down["msg"]
+
+
+@pytest.mark.parametrize(("field", "check", "why"), [
+    ("sql", {"kind": "custom_sql", "sql": "SELECT 0; COMMIT; CREATE TABLE pwned_by_check (x int); SELECT 0",
+             "expect": 0}, "4 statements"),
+    ("predicate", {"kind": "invalid_rows", "table": "predictions",
+                   "predicate": "false) IS TRUE; COMMIT; CREATE TABLE pwned_by_check (x int); SELECT (1"},
+     "statements"),
+    ("where", {"kind": "migrated_percentage", "table": "predictions", "column": "model_accuracy",
+               "where": "true -- \n; COMMIT; CREATE TABLE pwned_by_check (x int)"}, "statement separators"),
+    ("sql", {"kind": "custom_sql", "sql": "WITH d AS (DELETE FROM teams RETURNING 1) SELECT count(*) FROM d",
+             "expect": 0}, "data-modifying statement (DELETE)"),
+    ("sql", {"kind": "custom_sql", "sql": "SELECT count(*) INTO pwned_by_check FROM teams", "expect": 0},
+     "SELECT ... INTO"),
+    ("sql", {"kind": "custom_sql", "sql": "SELECT count(*) FROM (SELECT 1 FROM teams FOR UPDATE) s", "expect": 0},
+     "FOR UPDATE"),
+])
+def test_check_sql_is_refused_before_connecting(pg, migrated_db, tmp_path, field, check, why):
+    """A check's SQL used to go to the server as one string: its COMMIT ended the READ ONLY
+    transaction and the rest ran read-write. Now it is parsed first and refused, naming the field."""
+    before = database_state(pg, migrated_db)
+    checks = [CHECKS[0], {"name": "trick", **check}]
+    res = run_module("pg_validate", {**conn_args(pg, migrated_db), "checks": checks}, tmp_path)
+    assert database_state(pg, migrated_db) == before
+    assert res.get("failed") is True
+    assert f"checks[1] (trick): checks[1].{field}:" in res["msg"] and why in res["msg"], res["msg"]
+    assert repr(check[field]) in res["msg"]
+    assert "checks" not in res  # nothing ran, not even the good check
