@@ -57,7 +57,11 @@ options:
     type: list
     elements: str
   set:
-    description: Column to SQL expression over the current row. Give this or O(python).
+    description:
+      - Column to SQL expression over the current row. Give this or O(python).
+      - Each expression is parsed with PostgreSQL's grammar (pglast) before the module connects and must be exactly
+        one expression; C(;), a second statement, a data-modifying statement, C(SELECT INTO) or C(FOR UPDATE) is
+        refused with the option and the fragment named, and nothing is run.
     type: dict
   python:
     description:
@@ -82,6 +86,7 @@ options:
     description:
       - SQL filter of the rows to update, for example only rows not migrated yet; a second run then updates
         nothing (C(changed=false)).
+      - Parsed like O(set) before the module connects; it must be exactly one expression.
     type: str
   incremental:
     description: Only rows whose O(incremental.column) is in the last O(incremental.hours) hours, or newer than the
@@ -356,6 +361,7 @@ from ansible.module_utils.pgmigrate import (
 )
 from ansible.module_utils.pgmigrate_batch import Backfill, BackfillError, Spec, read_checkpoints, summarise_checkpoints
 from ansible.module_utils.pgmigrate_owner import find_owner_pid, hostname, process_start
+from ansible.module_utils.pgmigrate_sql import HAS_PGLAST, PGLAST_IMP_ERR, backfill_fragments, check_errors
 
 SPEC_OPTIONS = ("name", "table", "key", "set", "python", "python_path", "columns", "read_columns", "where",
                 "incremental", "batch_size", "min_batch_size", "max_batch_size", "target_batch_ms", "pause_ms",
@@ -429,6 +435,15 @@ def validate_numbers(module, p: dict) -> None:
         module.fail_json(msg="where: give a SQL filter or leave it out")
 
 
+def validate_sql(module, p: dict) -> None:
+    """Each set expression and the where filter: exactly one expression, before any connection."""
+    if not HAS_PGLAST:
+        module.fail_json(msg=missing_required_lib("pglast"), exception=PGLAST_IMP_ERR)
+    errors = check_errors(backfill_fragments({"set": p["set"], "where": p["where"]}, ""))
+    if errors:
+        module.fail_json(msg=f"backfill {p['name']}: " + "; ".join(errors), errors=errors)
+
+
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
                            mutually_exclusive=[("set", "python")], required_one_of=[("set", "python")],
@@ -437,6 +452,7 @@ def main() -> None:
         module.fail_json(msg=missing_required_lib("psycopg2"), exception=PSYCOPG2_IMP_ERR)
     p = module.params
     validate_numbers(module, p)
+    validate_sql(module, p)
     spec = Spec(**{k: p[k] for k in SPEC_OPTIONS})
     spec.set = {str(k): str(v) for k, v in p["set"].items()} if p["set"] else None
     spec.incremental = dict(p["incremental"]) if p["incremental"] else None

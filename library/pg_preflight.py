@@ -19,6 +19,9 @@ description:
     backfill lists it in C(required_holds) the module fails, so the migration stops in the plan phase, before the
     backup and the schema change, with the privilege to grant.
   - Never changes anything, in or out of check mode.
+  - Every SQL fragment of the plan (backfill C(set) and C(where), check C(where), C(predicate) and C(sql)) is parsed
+    with PostgreSQL's grammar (pglast) before the module connects, as M(migration_plan) does; a fragment that is
+    not exactly one expression (or one SELECT for C(sql)) fails the module, naming the field, and nothing is run.
 version_added: "1.0.0"
 author: pgmigrate-ops contributors
 extends_documentation_fragment:
@@ -84,7 +87,7 @@ disk:
 import os
 import shutil
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible.module_utils.pgmigrate import connect, connection_argument_spec, resolve_table, sql
 from ansible.module_utils.pgmigrate import pretty_bytes as pretty
@@ -95,6 +98,7 @@ from ansible.module_utils.pgmigrate_holds import (
     read_privileges,
     refusal,
 )
+from ansible.module_utils.pgmigrate_sql import HAS_PGLAST, PGLAST_IMP_ERR, plan_sql_errors, wrap
 
 SETTINGS = ("server_version", "lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout",
             "max_wal_size", "maintenance_work_mem", "work_mem", "shared_buffers", "wal_level", "archive_mode",
@@ -122,10 +126,10 @@ def backfill_estimate(cur, backfill: dict) -> dict:
         return dict(out, rows_estimate=table["rows_estimate"], method="all rows (no where filter)")
     cur.execute("SAVEPOINT estimate")
     try:
-        # The filter is SQL from the plan by design (operator-owned configuration), run by EXPLAIN only,
-        # inside a READ ONLY transaction: it can cost planning time, never change data.
+        # The filter is SQL from the plan by design (operator-owned configuration), parsed as exactly one
+        # expression before the module connected, run by EXPLAIN only, inside a READ ONLY transaction.
         cur.execute(sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} WHERE {}").format(
-            sql.Identifier(*table["name"].split(".", 1)), sql.SQL(where)))
+            sql.Identifier(*table["name"].split(".", 1)), sql.SQL(wrap(where))))
         rows = int(cur.fetchone()[0][0]["Plan"]["Plan Rows"])
         cur.execute("RELEASE SAVEPOINT estimate")
         return dict(out, rows_estimate=rows, method="planner estimate of the where filter")
@@ -170,6 +174,12 @@ def main() -> None:
     argument_spec.update(plan=dict(type="dict", required=True), backup_dir=dict(type="path"))
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     plan = module.params["plan"]
+    if not HAS_PGLAST:
+        module.fail_json(msg=missing_required_lib("pglast"), exception=PGLAST_IMP_ERR)
+    refused = plan_sql_errors(plan)
+    if refused:
+        module.fail_json(msg=f"the plan's SQL is refused ({len(refused)} fragment{'s' if len(refused) > 1 else ''}): "
+                             + "; ".join(refused), errors=refused)
     conn = connect(module)
     result: dict = {"changed": False}
     try:

@@ -48,6 +48,10 @@ options:
     description:
       - The checks, as in the plan's C(validation.checks). Each has C(name) and C(kind) and the fields of its kind.
       - A check with C(severity=warning) is reported but does not count against RV(passed).
+      - Their SQL is parsed with PostgreSQL's grammar (pglast) before the module connects; C(where) and C(predicate)
+        must each be exactly one expression, C(sql) exactly one SELECT with no data-modifying statement (also none in a
+        WITH), no C(SELECT INTO) and no C(FOR UPDATE/SHARE). Anything else fails the module, naming the check's field
+        and the fragment, and nothing is run.
     type: list
     elements: dict
     default: []
@@ -223,7 +227,7 @@ performance:
   type: dict
 '''
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.pgmigrate_validate import (
     CheckInputError,
     check_api_rows,
@@ -237,6 +241,7 @@ from ansible.module_utils.pgmigrate_validate import (
 )
 
 from ansible.module_utils.pgmigrate import connect, connection_argument_spec, ops_schema_exists, sql
+from ansible.module_utils.pgmigrate_sql import HAS_PGLAST, PGLAST_IMP_ERR, check_errors, check_fragments
 
 
 def check_inputs(module, p: dict) -> None:
@@ -249,6 +254,11 @@ def check_inputs(module, p: dict) -> None:
         names.add(check["name"])
         if check.get("severity", "error") not in ("error", "warning"):
             module.fail_json(msg=f"checks[{i}] ({check['name']}): severity must be 'error' or 'warning'")
+        if not HAS_PGLAST:
+            module.fail_json(msg=missing_required_lib("pglast"), exception=PGLAST_IMP_ERR)
+        refused = check_errors(check_fragments(check, f"checks[{i}]"))
+        if refused:
+            module.fail_json(msg=f"checks[{i}] ({check['name']}): " + "; ".join(refused), errors=refused)
     if p["mode"] in ("functional", "performance"):
         if not p["app_url"] or not p["app_url"].startswith(("http://", "https://")):
             module.fail_json(msg=f"mode={p['mode']} needs app_url, an http(s):// URL of the running application "

@@ -57,6 +57,7 @@ from ansible.module_utils.pgmigrate_holds import (
 )
 from ansible.module_utils.pgmigrate_metrics import merge_textfile
 from ansible.module_utils.pgmigrate_owner import hostname, pid_alive
+from ansible.module_utils.pgmigrate_sql import PlanSqlError, backfill_fragments, parse_expression, wrap
 
 CHECKPOINT_TABLE = "batch_checkpoints"
 PASSES_TABLE = "batch_passes"
@@ -152,9 +153,10 @@ class Target:
 
 def fragment(text: str):
     """Operator-owned SQL from the plan (expressions, filters): composed as SQL by design,
-    validated with EXPLAIN before the first batch.  ``%`` is doubled because every
-    statement here runs with bound parameters."""
-    return sql.SQL("(" + text.replace("%", "%%") + ")")
+    parsed as exactly one expression (pgmigrate_sql, in prepare()) before anything runs, and
+    planned with EXPLAIN before the first batch.  ``%`` is doubled because every statement
+    here runs with bound parameters."""
+    return sql.SQL(wrap(text.replace("%", "%%")))
 
 
 # ---------------------------------------------------------------------------------------
@@ -820,6 +822,11 @@ class Backfill:
         if spec.min_batch_size > spec.max_batch_size:
             raise BackfillError(f"backfill {spec.name}: min_batch_size ({spec.min_batch_size}) is larger than "
                                 f"max_batch_size ({spec.max_batch_size})")
+        for field_path, text, _kind in backfill_fragments({"set": spec.set, "where": spec.where}, spec.name):
+            try:
+                parse_expression(text, field_path)
+            except PlanSqlError as exc:
+                raise BackfillError(f"backfill {exc}") from None
         with self.conn.cursor() as cur:
             self.check_holds(cur)
             self.target = resolve_target(cur, spec)

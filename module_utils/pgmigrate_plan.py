@@ -6,8 +6,9 @@
 The plan is the runbook's Migration Plan Template made machine-readable.  The schema
 below is the single source of truth for its fields; ``validate_plan`` returns every
 problem with the dotted path of the field and what is expected, so an operator can fix
-the file without reading code.  No third-party schema library: modules must run on any
-control node or execution environment with only Ansible and psycopg2.
+the file without reading code.  No third-party schema library; the plan's SQL fragments
+are parsed with PostgreSQL's own grammar (pglast, see pgmigrate_sql) once the structure
+is right.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import re
 from typing import Any
 
 from ansible.module_utils.pgmigrate_holds import HOLD_KINDS, required_holds_problems
+from ansible.module_utils.pgmigrate_sql import plan_sql_errors
 
 VERSION_RE = r"^\d+\.\d+\.\d+([-.+][0-9A-Za-z.-]+)?$"
 DURATION_RE = r"^\d+(ms|s|min|h)$"
@@ -217,4 +219,5 @@ def validate_plan(plan: Any, expected_version: str | None = None) -> list[str]:
     schema = plan["schema"]
     if schema.get("tool", "alembic") == "alembic" and not schema.get("alembic_dir"):
         errors.append("schema.alembic_dir: required when schema.tool is alembic (the directory of alembic.ini)")
+    errors.extend(plan_sql_errors(plan))
     return errors

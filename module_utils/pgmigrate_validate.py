@@ -8,8 +8,9 @@ Every function takes an open cursor of a READ ONLY transaction; nothing here wri
 Each check runs under a savepoint, so a check whose SQL errors is reported as an error
 (with the database's message) and the checks after it still run.  Operator-owned SQL
 fragments from the plan (predicates, where filters, custom queries) are composed with
-``sql.SQL(fragment)`` by design; the server's READ ONLY transaction refuses any write
-they might hide.
+``sql.SQL(fragment)`` by design, after pgmigrate_sql has parsed each one as exactly one
+expression or one SELECT (run_check refuses any other); the server's READ ONLY
+transaction is the second line of defence.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ except ImportError:  # pragma: no cover - the module reports missing_required_li
     psycopg2 = None
 
 from ansible.module_utils.pgmigrate import resolve_table, table_identifier
+from ansible.module_utils.pgmigrate_sql import check_errors, check_fragments, wrap
 
 SAMPLE_KEYS = 5
 CHECK_KINDS = ("row_count", "migrated_percentage", "invalid_rows", "schema", "custom_sql")
@@ -136,7 +138,7 @@ def check_migrated_percentage(cur, check: dict, plan_only: bool = False) -> dict
     if not columns:
         raise CheckInputError(f"check {check['name']!r} (migrated_percentage) needs 'column' or 'columns'")
     t = sql.Identifier(found["schema"], found["table"])
-    scope = sql.SQL(check["where"]) if check.get("where") else sql.SQL("true")
+    scope = sql.SQL(wrap(check["where"])) if check.get("where") else sql.SQL("true")
     done = sql.SQL(" AND ").join(sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in columns)
     query = sql.SQL("SELECT count(*), count(*) FILTER (WHERE {done}) FROM {t} WHERE {scope}").format(
         done=done, t=t, scope=scope)
@@ -160,7 +162,7 @@ def check_invalid_rows(cur, check: dict, plan_only: bool = False) -> dict:
     found = _table(cur, check.get("table"), check)
     if not check.get("predicate"):
         raise CheckInputError(f"check {check['name']!r} (invalid_rows) needs 'predicate' (what makes a row invalid)")
-    predicate = sql.SQL("(") + sql.SQL(check["predicate"]) + sql.SQL(") IS TRUE")
+    predicate = sql.SQL(wrap(check["predicate"]) + " IS TRUE")
     query = sql.SQL("SELECT count(*) FROM {t} WHERE {p}").format(t=sql.Identifier(found["schema"], found["table"]),
                                                                    p=predicate)
     if plan_only:
@@ -311,6 +313,10 @@ def run_check(cur, check: dict, baseline: dict, statement_timeout: str, plan_onl
     if check.get("table"):
         result["table"] = check["table"]
     started = time.monotonic()
+    refused = check_errors(check_fragments(check, ""))
+    if refused:  # never sent to the server (pg_validate refuses such checks before it connects)
+        result.update(status="error", message=f"check {check.get('name')!r}: " + "; ".join(refused), duration_ms=0.0)
+        return result
     cur.execute("SAVEPOINT pgmigrate_check")
     try:
         cur.execute("SELECT set_config('statement_timeout', %s, true)", (statement_timeout,))

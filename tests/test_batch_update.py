@@ -18,6 +18,7 @@ import yaml
 from backfill_helpers import checkpoints, checksum, module_pids, query, snapshot, start_module, wait_for_batches
 from conftest import ROOT, conn_args, run_module, run_playbook
 from psycopg2 import sql
+from validate_helpers import database_state
 
 PLAN = yaml.safe_load((ROOT / "migrations" / "2.0.0.yml").read_text())
 BACKFILL = PLAN["backfills"][0]
@@ -168,11 +169,37 @@ def test_check_mode_counts_and_changes_nothing(pg, v2_db, tmp_path):
     assert checksum(pg, v2_db) == before
 
 
+ESCAPING_WHERE = "true); COMMIT; CREATE TABLE pwned_by_backfill (x int); SELECT (1"
+
+
+@pytest.mark.parametrize(("field", "change", "why", "check"), [
+    ("where", {"where": ESCAPING_WHERE}, "4 statements", False),
+    ("where", {"where": ESCAPING_WHERE}, "4 statements", True),
+    ("set.model_accuracy", {"set": {"model_accuracy": "1); COMMIT; CREATE TABLE pwned_by_backfill (x int); "
+                                                      "SELECT (1"}}, "4 statements", False),
+    ("where", {"where": "true -- \n; COMMIT; CREATE TABLE pwned_by_backfill (x int)"}, "statement separators",
+     False),
+    ("where", {"where": "id IN (WITH d AS (DELETE FROM teams RETURNING id) SELECT id FROM d)"},
+     "data-modifying statement (DELETE)", False),
+    ("set.model_accuracy", {"set": {"model_accuracy": "(SELECT 0.5 FROM teams LIMIT 1 FOR UPDATE)"}}, "FOR UPDATE",
+     False),
+])
+def test_backfill_sql_is_refused_before_connecting(pg, v2_db, tmp_path, field, change, why, check):
+    """The EXPLAIN pre-check used to send '... AND (true); COMMIT; CREATE TABLE ...' as one string:
+    the COMMIT ended its transaction and the rest committed, and the message said nothing was changed."""
+    before = database_state(pg, v2_db)
+    res = run_module("pg_batch_update", plan_args(pg, v2_db, tmp_path, **change), tmp_path, check=check)
+    assert database_state(pg, v2_db) == before
+    assert res.get("failed") is True
+    assert f"backfill {BACKFILL['name']}: {field}:" in res["msg"] and why in res["msg"], res["msg"]
+    assert "is refused" in res["msg"] and "Traceback" not in res["msg"]
+
+
 @pytest.mark.parametrize(("label", "change", "expected"), [
     ("hostile table", {"table": "predictions; DROP TABLE teams"}, "does not exist"),
     ("hostile column", {"set": {'model_accuracy" = 0; --': "1"}}, "does not exist in table public.predictions"),
     ("unknown column", {"set": {"model_acuracy": "1"}}, "'model_acuracy' does not exist"),
-    ("syntax error", {"set": {"model_accuracy": "1 + (draw_prob"}}, "does not plan: syntax error"),
+    ("syntax error", {"set": {"model_accuracy": "1 + (draw_prob"}}, "is not valid SQL: syntax error"),
     ("unknown column in expression", {"where": "no_such_column IS NULL"}, "no_such_column"),
     ("type mismatch", {"set": {"feature_importance": "draw_prob"}}, "is of type jsonb"),
     ("non-unique key", {"key": ["match_id"]}, "is not unique"),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import ROOT, VENV_BIN, ansible_env, run_playbook, write_vars
 from psycopg2 import sql
-from validate_helpers import query, start_app, stop
+from validate_helpers import database_state, query, start_app, stop
 
 
 def flow_vars(pg, db: str, tmp_path: Path, **extra) -> dict:
@@ -83,6 +83,29 @@ def test_malformed_plan_names_the_bad_field(pg, reference_db, tmp_path):
     assert snapshot(pg, reference_db) == before
 
 
+def test_plan_sql_escaping_its_transaction_is_refused_at_plan_load(pg, reference_db, tmp_path):
+    """The plan phase's preflight used to send the backfill filter as '... WHERE true; COMMIT;
+    CREATE TABLE ...': the COMMIT ended the READ ONLY transaction and the rest committed, under
+    --check too, before the lock and the backup. Now the plan does not load."""
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    text = (ROOT / "migrations" / "2.0.0.yml").read_text()
+    hostile = "true; COMMIT; CREATE TABLE pwned_by_plan_phase (x int); SELECT 1"
+    (plans / "2.0.0.yml").write_text(text.replace(
+        "where: feature_importance IS NULL OR (model_accuracy IS NULL AND actual_result IS NOT NULL)",
+        f"where: '{hostile}'"))
+    before = database_state(pg, reference_db)
+    for args in (["--check"], []):
+        res = run_playbook("migrate.yml", tmp_path, flow_vars(pg, reference_db, tmp_path,
+                                                              pgmigrate_plan_dir=str(plans)), *args)
+        assert database_state(pg, reference_db) == before
+        assert res.rc != 0
+        output = " ".join(res.output.split())  # the YAML callback folds long messages
+        assert "backfills[0].where: it holds 3 " in output and "statement separators" in output
+        assert "CREATE TABLE pwned_by_plan_phase (x int); SELECT 1" in output
+    assert "migration_ops" not in str(before)
+
+
 def test_check_mode_changes_nothing(pg, reference_db, tmp_path):
     before = snapshot(pg, reference_db)
     state = tmp_path / "state"
@@ -152,3 +175,52 @@ def test_full_run_records_success_and_reruns_safely(pg, reference_db, tmp_path):
     assert query(pg, reference_db, "SELECT count(*) FROM migration_ops.lock") == [(0,)]
     assert (tmp_path / "docs" / "MIGRATION_HISTORY.md").exists()
     shutil.rmtree(tmp_path / "state", ignore_errors=True)
+
+
+def alias_bomb(levels: int = 6) -> str:
+    """A few hundred bytes of YAML whose aliases expand to 10**levels strings when loaded."""
+    lines = ["notify:", '  l0: &l0 ["0123456789", "0123456789", "0123456789", "0123456789", "0123456789", '
+                        '"0123456789", "0123456789", "0123456789", "0123456789", "0123456789"]']
+    for i in range(1, levels):
+        lines.append(f"  l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_unbounded_plans_are_refused_before_anything_changes(pg, reference_db, tmp_path):
+    """A 10 MB plan used to be accepted (and echoed under -v); so would a small plan whose YAML
+    aliases expand to megabytes. Both are refused at plan load, with the size and the limit,
+    without echoing the plan."""
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    text = (ROOT / "migrations" / "2.0.0.yml").read_text()
+    before = database_state(pg, reference_db)
+    (plans / "2.0.0.yml").write_text(text + "notify:\n  padding: " + "x" * 10_000_000 + "\n")
+    res = run_playbook("migrate.yml", tmp_path, flow_vars(pg, reference_db, tmp_path, pgmigrate_plan_dir=str(plans)),
+                       "-v")
+    assert database_state(pg, reference_db) == before
+    assert res.rc != 0
+    output = " ".join(res.output.split())
+    assert "is 10,003,8" in output and "over the limit of 1,048,576 bytes" in output and "plan_max_bytes" in output
+    assert len(res.output) < 100_000
+
+    (plans / "2.0.0.yml").write_text(text + alias_bomb())
+    res = run_playbook("migrate.yml", tmp_path, flow_vars(pg, reference_db, tmp_path, pgmigrate_plan_dir=str(plans)),
+                       "-v")
+    assert database_state(pg, reference_db) == before
+    assert res.rc != 0
+    assert "expands to more than 1,048,576 bytes when loaded" in " ".join(res.output.split())
+    assert len(res.output) < 100_000
+
+
+def test_the_plan_is_not_echoed_under_verbose(pg, reference_db, tmp_path):
+    """Three tasks used to print the whole plan under -v (migration_plan's result and two set_facts)."""
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    marker = "plan-text-that-must-not-be-echoed"
+    text = (ROOT / "migrations" / "2.0.0.yml").read_text()
+    (plans / "2.0.0.yml").write_text(text.replace("description: >-\n  Adds", f"description: >-\n  {marker} Adds", 1))
+    res = run_playbook("playbooks/plan.yml", tmp_path,
+                       flow_vars(pg, reference_db, tmp_path, pgmigrate_plan_dir=str(plans)), "-v")
+    assert res.rc == 0, res.output[-3000:]
+    assert "Run #" in res.output and "holds the migration lock" in res.output
+    assert marker not in res.output

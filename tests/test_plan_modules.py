@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import yaml
 from conftest import ROOT, conn_args, run_module
+from validate_helpers import database_state
 
 
 def test_plan_loads_and_rejects_bad_versions(tmp_path):
@@ -83,3 +84,80 @@ def test_ledger_records_phases_and_refuses_unknown_runs(pg, tmp_path):
     assert unknown.get("failed") and f"run #{run_id + 99} does not exist" in unknown["msg"]
     history = run_module("migration_ledger", {**args, "state": "query", "version": "2.0.0"}, tmp_path)
     assert [r["id"] for r in history["runs"]] == [run_id] and history["last_success"] is None
+
+
+# ---------------------------------------------------------------------------------
+# Plan SQL is parsed with PostgreSQL's grammar at load (issue 10, item 4)
+# ---------------------------------------------------------------------------------
+ESCAPES = {
+    # field path -> (where it goes in the plan, fragment, what the refusal says)
+    "backfills[0].set.model_accuracy": ("set", "1); COMMIT; DROP TABLE teams; SELECT (1", "4 statements"),
+    "backfills[0].where": ("where", "x; COMMIT", "statement separator"),
+    "validation.checks[3].where": ("check3.where", "true -- \n; DROP TABLE teams", "statement separator"),
+    "validation.checks[4].predicate": ("check4.predicate", "false) FROM teams WHERE (true", "not one expression"),
+    "validation.checks[5].sql": ("check5.sql",
+                                 "WITH d AS (DELETE FROM predictions RETURNING 1) SELECT count(*) FROM d",
+                                 "data-modifying statement (DELETE)"),
+    "validation.checks[6].sql": ("check6.sql", "SELECT count(*) INTO stolen FROM predictions",
+                                 "SELECT ... INTO"),
+    "validation.checks[7].sql": ("check7.sql", "SELECT count(*) FROM (SELECT 1 FROM predictions FOR UPDATE) s",
+                                 "FOR UPDATE"),
+    "validation.checks[8].sql": ("check8.sql", "SELECT 0; COMMIT; CREATE TABLE pwned (x int); SELECT 0",
+                                 "4 statements"),
+    "validation.checks[9].predicate": ("check9.predicate", "1), (2", "not one expression"),
+}
+
+
+def escaping_plan() -> dict:
+    plan = yaml.safe_load((ROOT / "migrations/2.0.0.yml").read_text())
+    checks = plan["validation"]["checks"]
+    for i in range(5, 10):
+        kind = "invalid_rows" if i == 9 else "custom_sql"
+        checks.append({"name": f"trick_{i}", "kind": kind, "table": "predictions", **({"expect": 0} if i != 9 else {})})
+    for where, text, _ in ESCAPES.values():
+        if where == "set":
+            plan["backfills"][0]["set"]["model_accuracy"] = text
+        elif where == "where":
+            plan["backfills"][0]["where"] = text
+        else:
+            index, field = where[len("check"):].split(".")
+            checks[int(index)][field] = text
+    return plan
+
+
+def test_plan_sql_is_parsed_at_load_naming_field_and_fragment(tmp_path):
+    (tmp_path / "2.0.0.yml").write_text(yaml.safe_dump(escaping_plan()))
+    res = run_module("migration_plan", {"version": "2.0.0", "plan_dir": str(tmp_path)}, tmp_path)
+    assert res.get("failed") is True and "plan" not in res
+    errors = res["errors"]
+    assert len(errors) == len(ESCAPES), errors
+    for field, (_, text, why) in ESCAPES.items():
+        (error,) = [e for e in errors if e.startswith(field + ":")]
+        assert why in error and repr(text) in error and "is refused" in error, error
+
+
+def test_plan_sql_that_is_one_expression_loads(tmp_path):
+    """Parentheses, comments and dollar quotes that stay inside one expression are fine; so is
+    a subquery calling a volatile function (the grammar judges shape, the server the rest)."""
+    plan = yaml.safe_load((ROOT / "migrations/2.0.0.yml").read_text())
+    plan["backfills"][0]["where"] = ("feature_importance IS NULL AND id IN (SELECT id FROM predictions "
+                                     "WHERE random() < 2) -- every row")
+    plan["backfills"][0]["set"]["model_accuracy"] = "length($$); COMMIT; SELECT ($$)::float8 / 100"
+    plan["validation"]["checks"][5]["sql"] = "WITH x AS (SELECT 0 AS n) SELECT n FROM x /* ; DROP */"
+    (tmp_path / "2.0.0.yml").write_text(yaml.safe_dump(plan))
+    res = run_module("migration_plan", {"version": "2.0.0", "plan_dir": str(tmp_path)}, tmp_path)
+    assert res.get("failed") is not True, res.get("msg")
+    assert res["plan"]["backfills"][0]["set"]["model_accuracy"].startswith("length($$)")
+
+
+def test_preflight_refuses_plan_sql_before_connecting(pg, reference_db, tmp_path):
+    """pg_preflight on its own (also in check mode) refuses what migration_plan refuses: the
+    where filter used to run as '... WHERE true; COMMIT; CREATE TABLE ...' and commit."""
+    plan = yaml.safe_load((ROOT / "migrations/2.0.0.yml").read_text())
+    plan["backfills"][0]["where"] = "true; COMMIT; CREATE TABLE pwned_by_preflight (x int); SELECT 1"
+    before = database_state(pg, reference_db)
+    for check in (True, False):
+        res = run_module("pg_preflight", {**conn_args(pg, reference_db), "plan": plan}, tmp_path, check=check)
+        assert database_state(pg, reference_db) == before
+        assert res.get("failed") is True
+        assert "backfills[0].where:" in res["msg"] and "CREATE TABLE pwned_by_preflight" in res["msg"]

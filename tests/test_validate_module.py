@@ -5,7 +5,7 @@ import copy
 
 import pytest
 from conftest import conn_args, run_module
-from validate_helpers import PLAN, execute, migrate, query, start_app, stop, table_checksums
+from validate_helpers import PLAN, database_state, execute, migrate, query, start_app, stop, table_checksums
 
 CHECKS = PLAN["validation"]["checks"]
 EXPECT = PLAN["schema"]["expect"]
@@ -69,11 +69,15 @@ def test_each_check_kind_fails_when_it_should(pg, migrated_db, tmp_path):
     bad_id = query(pg, migrated_db, "SELECT min(id) FROM predictions WHERE actual_result IS NOT NULL")[0][0]
     checks = copy.deepcopy(CHECKS) + [
         {"name": "wrong_value", "kind": "custom_sql", "sql": "SELECT count(*) FROM teams", "expect": 999},
-        {"name": "bad_sql", "kind": "custom_sql", "sql": "SELEC count(*) FROM nowhere", "expect": 0},
-        {"name": "sneaky_write", "kind": "custom_sql", "sql": "DELETE FROM teams RETURNING 1", "expect": 1},
+        # One SELECT each (anything else is refused before the module connects, see
+        # test_check_sql_is_refused_before_connecting), failing only at run time.
+        {"name": "bad_sql", "kind": "custom_sql", "sql": "SELECT count(*) FROM nowhere", "expect": 0},
+        {"name": "sneaky_write", "kind": "custom_sql", "sql": "SELECT nextval('validate_probe_seq')", "expect": 1},
         {"name": "warn_only", "kind": "custom_sql", "sql": "SELECT 1", "expect": 2, "severity": "warning"},
     ]
+    execute(pg, migrated_db, "CREATE SEQUENCE validate_probe_seq")
     before = table_checksums(pg, migrated_db)
+    sequence = query(pg, migrated_db, "SELECT last_value, is_called FROM validate_probe_seq")
     res = run_module("pg_validate", {**conn_args(pg, migrated_db), "checks": checks, "expect_schema": EXPECT,
                                      "baseline": base}, tmp_path)
     assert res.get("failed") is True and res["passed"] is False
@@ -89,7 +93,7 @@ def test_each_check_kind_fails_when_it_should(pg, migrated_db, tmp_path):
     schema = got["schema_matches_plan"]
     assert schema["status"] == "failed" and "idx_predictions_model_accuracy" in schema["message"]
     assert got["wrong_value"]["status"] == "failed" and got["wrong_value"]["expected"] == 999
-    assert got["bad_sql"]["status"] == "error" and "syntax error" in got["bad_sql"]["message"]
+    assert got["bad_sql"]["status"] == "error" and '"nowhere" does not exist' in got["bad_sql"]["message"]
     assert got["sneaky_write"]["status"] == "error" and "read-only transaction" in got["sneaky_write"]["message"]
     assert got["warn_only"]["status"] == "failed" and "warn_only" not in res["failed_checks"]
     assert got["matches_count_unchanged"]["status"] == "passed"  # the checks after an error still ran
@@ -99,6 +103,8 @@ def test_each_check_kind_fails_when_it_should(pg, migrated_db, tmp_path):
     for name in res["failed_checks"]:
         assert name in res["msg"]
     assert table_checksums(pg, migrated_db) == before
+    # The read-only transaction, the second line of defence, kept the sequence where it was.
+    assert query(pg, migrated_db, "SELECT last_value, is_called FROM validate_probe_seq") == sequence
 
 
 def test_tolerance_and_baseline_from_the_ledger(pg, migrated_db, tmp_path):
@@ -197,3 +203,32 @@ def test_functional_and_performance_against_the_api(pg, migrated_db, tmp_path):
         stop(proc)
     down = run_module("pg_validate", {**args, "mode": "functional", "app_url": url, "sample_size": 2}, tmp_path)
     assert down.get("failed") is True and "smoke_health failed" in down["msg"]
+
+
+@pytest.mark.parametrize(("field", "check", "why"), [
+    ("sql", {"kind": "custom_sql", "sql": "SELECT 0; COMMIT; CREATE TABLE pwned_by_check (x int); SELECT 0",
+             "expect": 0}, "4 statements"),
+    ("predicate", {"kind": "invalid_rows", "table": "predictions",
+                   "predicate": "false) IS TRUE; COMMIT; CREATE TABLE pwned_by_check (x int); SELECT (1"},
+     "statements"),
+    ("where", {"kind": "migrated_percentage", "table": "predictions", "column": "model_accuracy",
+               "where": "true -- \n; COMMIT; CREATE TABLE pwned_by_check (x int)"}, "statement separators"),
+    ("sql", {"kind": "custom_sql", "sql": "WITH d AS (DELETE FROM teams RETURNING 1) SELECT count(*) FROM d",
+             "expect": 0}, "data-modifying statement (DELETE)"),
+    ("sql", {"kind": "custom_sql", "sql": "DELETE FROM teams RETURNING 1", "expect": 1}, "kind Delete"),
+    ("sql", {"kind": "custom_sql", "sql": "SELECT count(*) INTO pwned_by_check FROM teams", "expect": 0},
+     "SELECT ... INTO"),
+    ("sql", {"kind": "custom_sql", "sql": "SELECT count(*) FROM (SELECT 1 FROM teams FOR UPDATE) s", "expect": 0},
+     "FOR UPDATE"),
+])
+def test_check_sql_is_refused_before_connecting(pg, migrated_db, tmp_path, field, check, why):
+    """A check's SQL used to go to the server as one string: its COMMIT ended the READ ONLY
+    transaction and the rest ran read-write. Now it is parsed first and refused, naming the field."""
+    before = database_state(pg, migrated_db)
+    checks = [CHECKS[0], {"name": "trick", **check}]
+    res = run_module("pg_validate", {**conn_args(pg, migrated_db), "checks": checks}, tmp_path)
+    assert database_state(pg, migrated_db) == before
+    assert res.get("failed") is True
+    assert f"checks[1] (trick): checks[1].{field}:" in res["msg"] and why in res["msg"], res["msg"]
+    assert repr(check[field]) in res["msg"]
+    assert "checks" not in res  # nothing ran, not even the good check

@@ -65,6 +65,21 @@ def table_checksums(pg, db) -> dict:
     return sums
 
 
+def database_state(pg, db) -> dict:
+    """What 'nothing changed' compares: the catalog (every relation with its kind, every column,
+    every function, every role) and the checksum of every table, the ledger and lock included."""
+    return {
+        "relations": query(pg, db, "SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n "
+                                   "ON n.oid = c.relnamespace WHERE n.nspname !~ '^pg_toast' ORDER BY 1, 2"),
+        "columns": query(pg, db, "SELECT attrelid::regclass::text, attname, format_type(atttypid, atttypmod), "
+                                 "attnotnull FROM pg_attribute WHERE attnum > 0 AND NOT attisdropped "
+                                 "AND attrelid >= 16384 ORDER BY 1, 2"),
+        "functions": query(pg, db, "SELECT oid::regprocedure::text FROM pg_proc WHERE oid >= 16384 ORDER BY 1"),
+        "roles": query(pg, db, "SELECT rolname FROM pg_roles ORDER BY 1"),
+        "tables": table_checksums(pg, db),
+    }
+
+
 def start_app(pg, db, version: str = "2.0.0") -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = pg.env(db)
