@@ -106,8 +106,9 @@ def test_sql_backfill_equals_single_update_and_reruns_as_noop(pg, v2_db, referen
     assert lines[-1]["rows_done"] == lines[-1]["rows_total"] == 3000
     prom = (tmp_path / "m" / "bf.prom").read_text()
     for name in METRIC_NAMES:
-        assert f'{name}{{backfill="predictions_accuracy",table="public.predictions"}} ' in prom, name
-    assert 'pgmigrate_backfill_progress_ratio{backfill="predictions_accuracy",table="public.predictions"} 1.0' in prom
+        assert f'{name}{{backfill="predictions_accuracy",table="public.predictions",database="{v2_db}"}} ' in prom, name
+    assert ('pgmigrate_backfill_progress_ratio{backfill="predictions_accuracy",table="public.predictions",'
+            f'database="{v2_db}"}} 1.0') in prom
 
     second = run_module("pg_batch_update", plan_args(pg, v2_db, tmp_path), tmp_path)
     assert second["changed"] is False and second["rows_updated"] == 0
