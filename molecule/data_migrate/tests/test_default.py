@@ -31,5 +31,5 @@ def test_progress_log_and_metrics_written(host):
     assert lines[-1]["event"] == "done" and lines[-1]["rows_done"] == lines[-1]["rows_total"]
     prom = host.file(f"{STATE}/logs/metrics/pgmigrate_backfill.prom")
     assert prom.exists
-    assert 'pgmigrate_backfill_progress_ratio{backfill="predictions_accuracy",table="public.predictions"} 1.0' \
-        in prom.content_string
+    assert ('pgmigrate_backfill_progress_ratio{backfill="predictions_accuracy",table="public.predictions",'
+            'database="football_prediction"} 1.0') in prom.content_string
