@@ -13,6 +13,8 @@ VERSION     ?= 2.0.0
 PREDICTIONS ?= 100000
 APP         := examples/football_prediction
 PYTEST_ARGS ?=
+# pytest-xdist workers (each starts its own PostgreSQL cluster); 1 runs the suite in one process.
+TEST_WORKERS ?= auto
 
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
@@ -41,7 +43,7 @@ clean: down  ## Stop everything and remove the local state (database, backups, l
 	rm -rf $(STATE) .ansible reports/*/
 
 test: bootstrap  ## Run the whole test suite (pytest against a real PostgreSQL, Molecule, lint); CI runs this
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-molecule
 	$(MAKE) --no-print-directory lint
 

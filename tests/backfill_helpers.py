@@ -7,7 +7,7 @@ import time
 import uuid
 from pathlib import Path
 
-from conftest import ROOT, VENV_BIN, ansible_env, query, write_vars
+from conftest import ROOT, SESSION_MARKER, VENV_BIN, ansible_env, query, write_vars
 
 
 def snapshot(pg, db):
@@ -36,15 +36,21 @@ def start_module(pg, db, tmp_path, args):
 
 
 def module_pids() -> list[int]:
+    """PIDs of the pg_batch_update module processes started by this test session (not by
+    another pytest-xdist worker's: they carry another SESSION_MARKER in their environment)."""
+    marker = "=".join(SESSION_MARKER).encode() + b"\0"
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cmdline = (entry / "cmdline").read_bytes()
+                if b"AnsiballZ_pg_batch_update" not in cmdline or b"/bin/sh" in cmdline:
+                    continue
+                if marker not in (entry / "environ").read_bytes() + b"\0":
+                    continue
             except OSError:
                 continue
-            if b"AnsiballZ_pg_batch_update" in cmdline and b"/bin/sh" not in cmdline:
-                pids.append(int(entry.name))
+            pids.append(int(entry.name))
     return pids
 
 

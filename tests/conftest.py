@@ -26,6 +26,10 @@ import pgcluster  # noqa: E402
 VENV_BIN = Path(sys.executable).parent
 APP_DIR = ROOT / "examples" / "football_prediction"
 OWNER = "football"
+# Every process a test starts carries this marker in its environment, so that a test that looks
+# for "its" processes (tests/backfill_helpers.py module_pids) never sees another pytest-xdist
+# worker's (each worker has its own session, cluster and marker).
+SESSION_MARKER = ("PGMIGRATE_TEST_SESSION", f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 @dataclass
@@ -175,6 +179,7 @@ def ansible_env(extra: dict | None = None) -> dict:
     env["ANSIBLE_FORCE_COLOR"] = "0"
     env["ANSIBLE_NOCOLOR"] = "1"
     env.pop("PGPASSWORD", None)
+    env[SESSION_MARKER[0]] = SESSION_MARKER[1]
     if extra:
         env.update(extra)
     return env
