@@ -43,7 +43,7 @@ clean: down  ## Stop everything and remove the local state (database, backups, l
 	rm -rf $(STATE) .ansible reports/*/
 
 test: bootstrap  ## Run the whole test suite (pytest against a real PostgreSQL, Molecule, lint); CI runs this
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-molecule
 	$(MAKE) --no-print-directory lint
 
