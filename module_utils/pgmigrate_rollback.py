@@ -277,7 +277,7 @@ def plan_rollback(cur, database: str, p: dict, judge: bool = True) -> dict:
                                        "downgrade drops cannot be counted without the backup's manifest")
             steps.append({"step": "downgrade", "from": live, "to": from_rev,
                           "what": f"schema downgraded from {live} to {from_rev}"})
-            verb = "drop"
+            verb = "drop the values of"
         result["losses"] = losses
         if losses and not p["discard_new_rows"]:
             total = sum(v["rows"] for v in losses.values())

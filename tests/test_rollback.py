@@ -174,7 +174,8 @@ def test_rows_written_after_the_backup_are_refused_by_default_then_forced(pg, re
     downgrade = run_playbook("rollback.yml", tmp_path, {**variables, "rollback_strategy": "downgrade"})
     assert downgrade.rc != 0
     out = text(downgrade)
-    assert "the downgrade would drop 7 row(s)" in out and "public.predictions.model_accuracy: 7 row(s)" in out
+    assert "the downgrade would drop the values of 7 row(s)" in out
+    assert "public.predictions.model_accuracy: 7 row(s)" in out
     assert (checksums(pg, reference_db), runs(pg, reference_db)) == state
 
     forced = run_playbook("rollback.yml", tmp_path, {**variables, "rollback_discard_new_rows": True})
@@ -280,7 +281,7 @@ def test_failed_phase_is_rolled_back_automatically(pg, reference_db, tmp_path, p
         res = run_playbook("migrate.yml", tmp_path,
                            rb_vars(pg, reference_db, tmp_path, plans, report_notify_webhook_url=hook.url("/hook")),
                            env=with_fault("truncate") if phase == "backup" else None)
-        posts = [p["json"]["text"] for p in hook.posts]
+        posts = [p["json"]["text"] + "\n" + p["json"]["attachments"][0]["fallback"] for p in hook.posts]
     out = text(res)
     assert res.rc != 0 and message in out, out[-4000:]
     assert f"The {phase} phase failed at" in out
@@ -291,7 +292,7 @@ def test_failed_phase_is_rolled_back_automatically(pg, reference_db, tmp_path, p
     assert phases[phase]["status"] == "failed" and message in phases[phase]["facts"]["error"]
     assert f"{phase} phase failed" in error
     assert lock_rows(pg, reference_db) == 0
-    assert any("failed" in p and phase in p for p in posts), posts
+    assert any("2.0.0 failed" in p and f"failed phase: {phase}" in p for p in posts), posts
     rollback = phases["rollback"]
     assert rollback["facts"]["automatic"] is True
     if strategy is None:  # the backup failed before anything changed
@@ -308,7 +309,7 @@ def test_failed_phase_is_rolled_back_automatically(pg, reference_db, tmp_path, p
     report = report_md(tmp_path)
     assert "Outcome: **rolled_back**" in report and f"phase {phase} failed" in report
     assert "Automatic rollback" in report
-    assert any("rolled back" in p for p in posts), posts
+    assert any("2.0.0 rolled back" in p and "automatic: True" in p for p in posts), posts
 
 
 # ---------------------------------------------------------------------------------------------
