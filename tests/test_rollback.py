@@ -347,3 +347,25 @@ def test_rollback_after_kill_9_in_the_data_phase(pg, reference_db, tmp_path):
     assert rows[0][2] == "rolled_back" and rows[0][3]["rollback"]["facts"]["strategy"] == "restore"
     assert "lock broken" in rows[0][4]  # the dead run's lock was taken over, and said so
     assert lock_rows(pg, reference_db) == 0
+
+
+def test_automatic_rollback_refused_is_recorded_and_said(pg, reference_db, tmp_path):
+    """No backup (the plan turns it off) and a backfill that changed rows: the restore the policy asks for is
+    refused before anything changes, and the refusal is in the output, the ledger and the report."""
+    def no_backup(plan: dict) -> None:
+        failing_validation(plan)
+        plan["backup"]["enabled"] = False
+
+    plans = write_plan(tmp_path, no_backup)
+    res = run_playbook("migrate.yml", tmp_path, rb_vars(pg, reference_db, tmp_path, plans))
+    out = text(res)
+    assert res.rc != 0 and "rollback_test_fails" in out, out[-3000:]
+    assert "Rollback: THE AUTOMATIC ROLLBACK FAILED: rollback refused: a restore is needed" in out
+    assert "run #1 recorded no backup" in out and "To return to where it started: ansible-playbook rollback.yml" in out
+    assert revision(pg, reference_db) == "v2_0_0"  # refused: nothing was changed
+    (_, _, status, phases, _), = runs(pg, reference_db)
+    assert status == "rollback_failed" and phases["rollback"]["status"] == "failed"
+    assert "recorded no backup" in phases["rollback"]["facts"]["error"]
+    assert lock_rows(pg, reference_db) == 0
+    report = report_md(tmp_path)
+    assert "Outcome: **rollback_failed**" in report and "recorded no backup" in report
