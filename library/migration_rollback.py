@@ -15,11 +15,11 @@ description:
   - The deploy steps come only from the facts the run's deploy phase recorded (C(colour_from), C(colour_to),
     C(config_backup), ...); a deploy phase that recorded none has nothing to switch back, which RV(notes) says.
   - The database goes back by an Alembic downgrade to the run's C(from_revision) or by restoring the run's verified
-    backup. O(strategy) forces one; V(auto) follows the plan's C(rollback.restore_backup) (O(restore_backup)):
+    backup. O(strategy) forces one; V(auto) follows the plan's C(rollback.restore_backup) (O(restore_backup)) -
     V(always), V(never), or V(if_data_changed), which restores when the run's backfills updated rows (counted in
     C(migration_ops.batch_passes), committed per batch, so a killed run counts too).
   - Refuses (fails, nothing changed) when the backup a restore needs is missing, damaged or unverified, when a
-    downgrade cannot undo what the run did, and when the rollback would lose data written after the backup: rows a
+    downgrade cannot undo what the run did, and when the rollback would lose data written after the backup - rows a
     restore would discard, or values a downgrade would drop with the columns the migration added. Rows written after
     the backup are found against the backup's manifest (per table, the largest single-column integer primary key
     and the write-time columns at the backup's snapshot, else the row count). The refusal names every table and
