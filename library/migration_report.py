@@ -44,9 +44,12 @@ options:
     type: str
     default: default
   outcome:
-    description: How the run ends (the report phase closes it with this status).
+    description:
+      - How the run ends (the report phase closes it with this status). V(rolled_back) and V(rollback_failed) are
+        written by the rollback role; the report then has a Rollback section from the ledger's C(rollback) phase
+        (what was undone, how, what was left, data discarded).
     type: str
-    choices: [succeeded, failed]
+    choices: [succeeded, failed, rolled_back, rollback_failed]
     default: succeeded
   validation:
     description:
@@ -98,7 +101,7 @@ written:
 summary:
   description:
     - The report's measured facts, for notifications and later tasks (records_migrated, errors, downtime,
-      duration_s, phases, backup, revisions, validation, performance).
+      duration_s, phases, backup, revisions, validation, performance, rollback).
   returned: always
   type: dict
 '''
@@ -259,7 +262,20 @@ def summarise(p: dict, run: dict, validation: dict, passes: list[dict], runs: li
                        "warnings": summary.get("warnings")},
         "performance": validation.get("performance") or {},
         "contacts": plan.get("contacts") or [],
+        "rollback": rollback_summary(run),
     }
+
+
+def rollback_summary(run: dict) -> dict | None:
+    """The rollback of the run as the ledger recorded it (rollback role), or None."""
+    info = run.get("phases", {}).get("rollback")
+    if not isinstance(info, dict):
+        return None
+    facts = info.get("facts", {})
+    return {"status": info.get("status"), "automatic": facts.get("automatic"), "strategy": facts.get("strategy"),
+            "undone": facts.get("undone") or [], "notes": facts.get("notes") or [], "error": facts.get("error"),
+            "rollback_run_id": facts.get("rollback_run_id"), "revision_after": facts.get("revision_after"),
+            "losses": facts.get("losses") or {}}
 
 
 def validation_text(s: dict, validation: dict, generated: str) -> str:
@@ -303,6 +319,17 @@ def report_markdown(s: dict, validation: dict, files: dict, generated: str) -> s
            "", "## Phases", "", "| phase | status | duration |", "|---|---|---|"]
     for name, info in s["phases"].items():
         out.append(f"| {name} | {info.get('status')} | {_fmt(info.get('duration_s'), ' s')} |")
+    rb = s.get("rollback")
+    if rb:
+        out += ["", "## Rollback", "",
+                f"- {'Automatic' if rb.get('automatic') else 'Stand-alone'} rollback "
+                f"(run #{rb.get('rollback_run_id') or '-'}): "
+                f"**{rb.get('status')}**" + (f"; error: {rb['error']}" if rb.get("error") else ""),
+                f"- Database: {rb.get('strategy') or 'nothing to undo'}; Alembic revision after: "
+                f"{rb.get('revision_after') or '-'}"]
+        out += [f"- Undone: {step}" for step in rb["undone"]] or ["- Undone: nothing (nothing had changed)"]
+        out += [f"- Left as it is: {note}" for note in rb["notes"]]
+        out += [f"- Discarded (accepted): {name}: {v.get('rows')} row(s)" for name, v in rb["losses"].items()]
     backup = s["backup"]
     rev = s["revisions"]
     out += ["", "## Backup and revisions", "",
@@ -416,7 +443,8 @@ def main() -> None:
         version=dict(type="str", required=True),
         plan=dict(type="dict", required=True),
         environment=dict(type="str", default="default"),
-        outcome=dict(type="str", default="succeeded", choices=["succeeded", "failed"]),
+        outcome=dict(type="str", default="succeeded",
+                     choices=["succeeded", "failed", "rolled_back", "rollback_failed"]),
         validation=dict(type="dict"),
         report_dir=dict(type="path", required=True),
         docs_dir=dict(type="path"),

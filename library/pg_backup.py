@@ -12,6 +12,9 @@ description:
   - O(state=present) takes a full logical backup with C(pg_dump) (custom format, or directory format with
     parallel jobs) and writes a manifest beside it (C(<backup>.manifest.json)). The manifest holds the server
     and C(pg_dump) versions, the Alembic revision, the exact row count and a content checksum of every table,
+    and, per table, its columns, the largest value of a single-column integer primary key and the names of its
+    write-time columns (C(created_at), C(updated_at), ...) with the snapshot's time (C(snapshot_at)), which is how
+    a rollback finds rows written after the backup,
     the size and the sha256 of the file(s), and the run id. Counts and checksums are taken inside the
     C(REPEATABLE READ) transaction whose snapshot C(pg_dump --snapshot) dumps, so they describe exactly the
     dumped data, while C(pg_dump) runs.
@@ -182,6 +185,8 @@ from ansible.module_utils.pgmigrate_backup import (
     remove_path,
     server_version,
     set_private_modes,
+    snapshot_time,
+    table_watermarks,
     tail,
     tool_version,
     utc_now_iso,
@@ -276,6 +281,9 @@ def dump(module, conn, p: dict, facts: dict, commands: list) -> dict:
                                         stderr=stderr_file)
                 # Counts and checksums in the same snapshot, while pg_dump works.
                 tables_fp = fingerprint_tables(cur, tables)
+                # What a rollback compares with to find rows written after the backup (same snapshot).
+                watermarks = table_watermarks(cur, tables)
+                snapshot_at = snapshot_time(cur)
                 rc = proc.wait()
                 proc = None
             conn.rollback()
@@ -293,7 +301,8 @@ def dump(module, conn, p: dict, facts: dict, commands: list) -> dict:
                 "server": facts["server"], "pg_dump": {k: facts["pg_dump"][k] for k in ("version", "major")},
                 "alembic_revision": revision, "database_settings": db_settings, "snapshot": snapshot,
                 "excluded_schemas": excluded,
-                "checksum_method": CHECKSUM_METHOD, "tables": tables_fp, "size_bytes": digests["size_bytes"],
+                "checksum_method": CHECKSUM_METHOD, "tables": tables_fp,
+                "snapshot_at": snapshot_at, "watermarks": watermarks, "size_bytes": digests["size_bytes"],
                 "sha256": digests["sha256"], "files": digests["files"], "verified": False, "verification": None,
             }
             write_manifest(mpath, manifest)

@@ -86,6 +86,46 @@ def fingerprint_tables(cur, tables: list[tuple[str, str]]) -> dict:
     return {f"{s}.{t}": table_fingerprint(cur, s, t) for s, t in tables}
 
 
+# Columns whose value says when a row was written: rows newer than the backup's snapshot are
+# rows a restore would discard (pgmigrate_rollback.py).  Only these names, never guessed from types.
+WRITE_TIME_COLUMNS = ("created_at", "updated_at", "modified_at", "inserted_at", "last_modified", "changed_at")
+
+
+def table_watermarks(cur, tables: list[tuple[str, str]]) -> dict:
+    """What the backup's snapshot held, per table, to find rows written after it:
+    {'schema.table': {'columns': [...], 'key': 'id' | None, 'max_key': N | None,
+    'write_time_columns': [...]}}.  ``key`` is a single-column integer primary key."""
+    out = {}
+    for schema, table in tables:
+        cur.execute("SELECT a.attname FROM pg_attribute a WHERE a.attrelid = %s::regclass AND a.attnum > 0 "
+                    "AND NOT a.attisdropped ORDER BY a.attnum", (sql.Identifier(schema, table).as_string(cur),))
+        columns = [r[0] for r in cur.fetchall()]
+        cur.execute("SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                    "AND a.attnum = i.indkey[0] WHERE i.indrelid = %s::regclass AND i.indisprimary "
+                    "AND i.indnatts = 1 AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)",
+                    (sql.Identifier(schema, table).as_string(cur),))
+        row = cur.fetchone()
+        key = row[0] if row else None
+        max_key = None
+        if key:
+            cur.execute(sql.SQL("SELECT max({}) FROM {}").format(sql.Identifier(key), sql.Identifier(schema, table)))
+            max_key = cur.fetchone()[0]
+        cur.execute("SELECT a.attname FROM pg_attribute a WHERE a.attrelid = %s::regclass AND a.attnum > 0 "
+                    "AND NOT a.attisdropped AND a.attname = ANY(%s) "
+                    "AND a.atttypid IN ('timestamptz'::regtype, 'timestamp'::regtype) ORDER BY a.attnum",
+                    (sql.Identifier(schema, table).as_string(cur), list(WRITE_TIME_COLUMNS)))
+        out[f"{schema}.{table}"] = {"columns": columns, "key": key,
+                                    "max_key": int(max_key) if max_key is not None else None,
+                                    "write_time_columns": [r[0] for r in cur.fetchall()]}
+    return out
+
+
+def snapshot_time(cur) -> str:
+    """The transaction's start (its snapshot, in REPEATABLE READ) as ISO 8601 UTC."""
+    cur.execute("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')")
+    return cur.fetchone()[0]
+
+
 def compare_fingerprints(expected: dict, actual: dict, only_counts: bool = False) -> list[str]:
     """Differences between the manifest's tables and a database's, first table first."""
     problems = []

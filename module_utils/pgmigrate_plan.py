@@ -143,6 +143,8 @@ PLAN_SPEC: dict[str, Any] = {
             "policy": {"type": "str", "required": True, "choices": ["automatic", "manual"]},
             "restore_backup": {"type": "str", "choices": ["never", "if_data_changed", "always"]},
             "max_minutes": {"type": "int", "min": 0},
+            "discard_new_rows": {"type": "bool",
+                                 "doc": "a rollback may discard rows written after the backup (default false)"},
         }},
         "notify": {"type": "dict"},
         "monitoring": {"type": "dict"},

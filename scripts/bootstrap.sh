@@ -52,12 +52,13 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
 fi
 
 # 2. With --services: what the demo's monitoring and the tests run for real
-#    (Prometheus with promtool, node_exporter's textfile collector, the Pushgateway).
+#    (Prometheus with promtool, node_exporter's textfile collector, the Pushgateway, Alertmanager).
 if [[ $want_services -eq 1 ]]; then
   missing=()
   [[ -x /usr/bin/prometheus && -x /usr/bin/promtool ]] || missing+=(prometheus)
   [[ -x /usr/bin/prometheus-node-exporter ]] || missing+=(prometheus-node-exporter)
   [[ -x /usr/bin/prometheus-pushgateway ]] || missing+=(prometheus-pushgateway)
+  [[ -x /usr/bin/prometheus-alertmanager ]] || missing+=(prometheus-alertmanager)
   if [[ ${#missing[@]} -gt 0 ]]; then apt_install "${missing[@]}"; fi
 fi
 
