@@ -15,7 +15,7 @@ from pathlib import Path
 
 import ansible_runner
 import yaml
-from conftest import ROOT, VENV_BIN, query
+from conftest import ROOT, VENV_BIN, query, run_playbook
 
 JOB_ID = 4242
 AWX_USER = "dba-alice"
@@ -126,3 +126,18 @@ def test_the_demo_migration_runs_as_an_awx_job(pg, reference_db, tmp_path):
     assert not leaked, f"the password is in {leaked}"
     assert pg.password not in stdout
     assert stat.S_IMODE((private / "env/extravars").stat().st_mode) == 0o600
+
+
+def test_the_ledger_names_the_awx_user_and_job_and_the_operator_otherwise(pg, reference_db, tmp_path):
+    base = {**pg.conn_vars(reference_db), "pgmigrate_state_dir": str(tmp_path / "state"),
+            "pgmigrate_backup_dir": str(tmp_path / "backups"), "pgmigrate_db_sslmode": "disable", "version": "2.0.0"}
+    # Only the older tower_* names, as an older AWX sends them.
+    awx = run_playbook("playbooks/plan.yml", tmp_path, {**base, "tower_job_id": 77, "tower_user_name": "bob",
+                                                        "tower_job_template_name": "pgmigrate migrate"})
+    assert awx.rc == 0, awx.output[-3000:]
+    cli = run_playbook("playbooks/plan.yml", tmp_path, base, env={"USER": "carol"})
+    assert cli.rc == 0, cli.output[-3000:]
+    rows = query(pg, reference_db, "SELECT operator, phases->'plan'->'facts'->'awx_job_id', "
+                                   "phases->'plan'->'facts'->>'awx_job_template_name' "
+                                   "FROM migration_ops.runs ORDER BY id")
+    assert rows == [("bob", 77, "pgmigrate migrate"), ("carol", None, None)]
