@@ -13,8 +13,10 @@ import os
 
 # Filesystems whose content does not survive a reboot.
 VOLATILE_FS = frozenset({"tmpfs", "ramfs"})
-# A private data directory as ansible-runner and AWX lay it out: env/ beside one of these.
+# A private data directory as ansible-runner and AWX lay it out: env/ holding one of runner's input
+# files (so a Python virtualenv named env is not one) beside one of the other directories.
 RUNNER_MARKERS = ("project", "inventory", "artifacts")
+RUNNER_ENV_FILES = ("extravars", "settings", "envvars", "passwords", "cmdline", "ssh_key")
 
 
 def existing_ancestor(path: str) -> str:
@@ -54,6 +56,12 @@ def filesystem_type(path: str, mounts_file: str = "/proc/self/mounts") -> str | 
     return fstype
 
 
+def is_private_data_dir(path: str) -> bool:
+    env = os.path.join(path, "env")
+    return (os.path.isdir(env) and any(os.path.exists(os.path.join(env, f)) for f in RUNNER_ENV_FILES)
+            and any(os.path.isdir(os.path.join(path, m)) for m in RUNNER_MARKERS))
+
+
 def runner_private_data_dir(path: str, environ: dict | None = None) -> str | None:
     """The ansible-runner / AWX private data directory that contains path, if any."""
     environ = os.environ if environ is None else environ
@@ -74,8 +82,7 @@ def runner_private_data_dir(path: str, environ: dict | None = None) -> str | Non
         if cand in ("", "/"):
             continue
         inside = target == cand or target.startswith(cand + "/")
-        if inside and os.path.isdir(os.path.join(cand, "env")) and any(
-                os.path.isdir(os.path.join(cand, m)) for m in RUNNER_MARKERS):
+        if inside and is_private_data_dir(cand):
             return cand
     return None
 

@@ -17,6 +17,7 @@ def job_tree(tmp_path: Path) -> Path:
     """A job directory laid out as AWX and ansible-runner do: the inventory copied under inventory/."""
     job = tmp_path / "awx_job"
     (job / "env").mkdir(parents=True)
+    (job / "env" / "settings").write_text("{}")
     shutil.copytree(ROOT / "inventories/local", job / "inventory")
     return job
 
@@ -69,6 +70,19 @@ def test_a_backup_dir_inside_the_job_directory_is_refused(pg, reference_db, tmp_
     res = run_playbook("playbooks/plan.yml", tmp_path, {**variables, "pgmigrate_backup_allow_ephemeral": True},
                        inventory=job / "inventory")
     assert res.rc == 0, res.output[-3000:]
+
+
+def test_a_directory_beside_a_virtualenv_named_env_is_not_a_job_directory(pg, reference_db, tmp_path):
+    """A home with ~/env (a virtualenv) and ~/project is not a private data directory."""
+    home = tmp_path / "home"
+    for d in ("env/bin", "env/lib", "project", "inventory"):
+        (home / d).mkdir(parents=True)
+    (home / "env" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    res = run_playbook("playbooks/plan.yml", tmp_path,
+                       {**pg.conn_vars(reference_db), "pgmigrate_state_dir": str(tmp_path / "state"),
+                        "pgmigrate_backup_dir": str(home / "backups"), "version": "2.0.0"})
+    assert res.rc == 0, res.output[-3000:]
+    assert "backup directory refused" not in res.output
 
 
 def test_the_backup_module_refuses_a_tmpfs_directory(pg, reference_db, tmp_path):
