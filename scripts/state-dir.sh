@@ -17,18 +17,23 @@ reachable() {  # can the postgres user traverse every directory down to $1?
   runuser -u postgres -- test -x "$1" 2>/dev/null
 }
 
+link_outside() {
+  local checkout key
+  checkout=$(pwd -P)
+  key="$(basename "$checkout")-$(printf '%s' "$checkout" | sha256sum | cut -c1-12)"
+  mkdir -p "$root/$key"
+  # bootstrap.sh may already have written a marker into a plain .state: carry it over.
+  if [[ -d .state ]]; then cp -a .state/. "$root/$key"/ && rm -rf .state; fi
+  chmod 0711 "$root" "$root/$key"
+  ln -s "$root/$key" .state
+  echo "[state] $checkout is not reachable by the postgres user: the demo's state lives in $root/$key (.state links there)" >&2
+}
+
 if [[ -L .state ]]; then
   mkdir -p "$(readlink -f .state)"
-elif [[ ! -e .state ]]; then
-  if reachable "$PWD"; then
-    mkdir -p .state
-  else
-    checkout=$(pwd -P)
-    key="$(basename "$checkout")-$(printf '%s' "$checkout" | sha256sum | cut -c1-12)"
-    mkdir -p "$root/$key"
-    chmod 0711 "$root" "$root/$key"
-    ln -s "$root/$key" .state
-    echo "[state] $checkout is not reachable by the postgres user: the demo's state lives in $root/$key (.state links there)" >&2
-  fi
+elif reachable "$PWD"; then
+  mkdir -p .state
+elif [[ ! -e .state/pg ]]; then
+  link_outside
 fi
 readlink -f .state
