@@ -222,7 +222,8 @@ def preflight(module, conn, p: dict) -> dict:
         module.fail_json(msg=f"backup directory refused: {ephemeral}, so the backup would be gone while the ledger "
                              "still points at it. Set pgmigrate_backup_dir to persistent storage (default "
                              "/var/backups/pgmigrate; under AWX a volume mounted into the execution environment), "
-                             "or, if that is intended, -e pgmigrate_backup_allow_ephemeral=true. Nothing was written.",
+                             "or, if that is intended, -e pgmigrate_backup_allow_ephemeral=true (this module's "
+                             "allow_ephemeral_dir). Nothing was written.",
                          preflight={"server": server, "pg_dump": dump, "backup_dir": p["backup_dir"]})
     measured_at = existing_parent(p["backup_dir"])
     free = os.statvfs(measured_at)
