@@ -6,7 +6,9 @@ VENV        := .venv
 BIN         := $(VENV)/bin
 STATE       := .state
 PG_DIR      := $(STATE)/pg
-PG_PORT     ?= 55433
+# The port the cluster was created or last started on (.state/pg/cluster.json), else 55433;
+# `make demo PG_PORT=N` starts it on N, and the local inventory reads the port from there.
+PG_PORT     ?= $(or $(shell sed -n 's/.*"port": *\([0-9][0-9]*\).*/\1/p' $(PG_DIR)/cluster.json 2>/dev/null),55433)
 DB_NAME     := football_prediction
 DB_OWNER    := football
 VERSION     ?= 2.0.0
@@ -15,6 +17,8 @@ APP         := examples/football_prediction
 PYTEST_ARGS ?=
 # pytest-xdist workers (each starts its own PostgreSQL cluster); 1 runs the suite in one process.
 TEST_WORKERS ?= auto
+# Extra ansible-playbook arguments of `make demo` (e.g. DEMO_ARGS='-e rehearse=full').
+DEMO_ARGS   ?=
 
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
@@ -28,18 +32,21 @@ bootstrap:  ## Install the control node's venv (Python >= 3.12) and PostgreSQL i
 	@bash scripts/bootstrap.sh --services
 
 up: bootstrap  ## Start the embedded default: PostgreSQL on 127.0.0.1:$(PG_PORT), the 1.0.0 reference database
+	@bash scripts/state-dir.sh >/dev/null
 	@$(BIN)/python tools/pgcluster.py start --dir $(PG_DIR) --port $(PG_PORT) --db $(DB_NAME) --owner $(DB_OWNER)
 	@bash scripts/reference-db.sh $(PG_PORT) $(DB_NAME) $(DB_OWNER) $(PREDICTIONS)
 	@bash scripts/services.sh start
 
 demo: up  ## Run the whole runbook on the embedded default: migrate.yml -e version=$(VERSION)
-	$(BIN)/ansible-playbook migrate.yml -e version=$(VERSION)
+	$(BIN)/ansible-playbook migrate.yml -e version=$(VERSION) $(DEMO_ARGS)
 
 down:  ## Stop everything the demo started (the data stays in .state/)
 	@-bash scripts/services.sh stop 2>/dev/null || true
 	@$(BIN)/python tools/pgcluster.py stop --dir $(PG_DIR) 2>/dev/null || python3 tools/pgcluster.py stop --dir $(PG_DIR)
 
 clean: down  ## Stop everything and remove the local state (database, backups, logs)
+	@# .state may link to a directory outside the checkout (scripts/state-dir.sh): remove both.
+	@if [[ -L $(STATE) ]]; then rm -rf "$$(readlink -f $(STATE))"; fi
 	rm -rf $(STATE) .ansible reports/*/
 
 test: bootstrap  ## Run the whole test suite (pytest against a real PostgreSQL, Molecule, lint); CI runs this

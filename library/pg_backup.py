@@ -22,7 +22,8 @@ description:
     written; on any failure nothing is left behind. Files are 0600 in a 0700 directory; names hold the
     database, version, run id and UTC timestamp.
   - Before dumping (and alone with O(state=preflight)) it checks connectivity, that C(pg_dump)'s major version is
-    at least the server's, and that the backup directory has the database size times O(disk_margin) free.
+    at least the server's, that the backup directory will outlive the job (see O(allow_ephemeral_dir)), and that
+    it has the database size times O(disk_margin) free.
   - When O(run_id) already has a verified backup of this database in O(backup_dir), O(state=present) reuses it
     and reports no change (a rerun of the same run does not dump twice).
   - O(state=pruned) keeps the newest O(retain) verified backups of the database and deletes older ones and
@@ -76,6 +77,14 @@ options:
     description: Free space needed in O(backup_dir), as a multiple of the database size.
     type: float
     default: 1.2
+  allow_ephemeral_dir:
+    description:
+      - Accept a O(backup_dir) that will not outlive the job. By default the module refuses, before it writes
+        anything, a directory inside an AWX or ansible-runner private data directory (deleted when the job ends)
+        or on a tmpfs or ramfs (lost at the next reboot), since a run's ledger must never point at a backup
+        that is gone.
+    type: bool
+    default: false
   exclude_schemas:
     description: Schemas left out of the backup besides O(ops_schema).
     type: list
@@ -193,6 +202,7 @@ from ansible.module_utils.pgmigrate_backup import (
     utc_stamp,
     write_manifest,
 )
+from ansible.module_utils.pgmigrate_paths import ephemeral_reason
 
 
 def preflight(module, conn, p: dict) -> dict:
@@ -212,6 +222,14 @@ def preflight(module, conn, p: dict) -> dict:
                              f"({server['major']}). Install postgresql-client-{server['major']} or set "
                              "pg_dump_path (backup_pg_dump_path) to a newer pg_dump.",
                          preflight={"server": server, "pg_dump": dump})
+    ephemeral = ephemeral_reason(p["backup_dir"])
+    if ephemeral and not p["allow_ephemeral_dir"]:
+        module.fail_json(msg=f"backup directory refused: {ephemeral}, so the backup would be gone while the ledger "
+                             "still points at it. Set pgmigrate_backup_dir to persistent storage (default "
+                             "/var/backups/pgmigrate; under AWX a volume mounted into the execution environment), "
+                             "or, if that is intended, -e pgmigrate_backup_allow_ephemeral=true (this module's "
+                             "allow_ephemeral_dir). Nothing was written.",
+                         preflight={"server": server, "pg_dump": dump, "backup_dir": p["backup_dir"]})
     measured_at = existing_parent(p["backup_dir"])
     free = os.statvfs(measured_at)
     free_bytes = free.f_bavail * free.f_frsize
@@ -381,6 +399,7 @@ def main() -> None:
         exclude_schemas=dict(type="list", elements="str", default=[]),
         lock_timeout=dict(type="str", default="30s"),
         retain=dict(type="int", default=5),
+        allow_ephemeral_dir=dict(type="bool", default=False),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params

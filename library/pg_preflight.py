@@ -37,8 +37,16 @@ options:
     type: dict
     required: true
   backup_dir:
-    description: Directory on this host where the backup will be written; its free space is reported.
+    description:
+      - Directory on this host where the backup will be written; its free space is reported.
+      - Unless O(allow_ephemeral_backup_dir) is set, or the plan turns the backup off, the module fails (before it
+        connects) when this directory will not outlive the job (inside an AWX or ansible-runner private data
+        directory, or on a tmpfs or ramfs).
     type: path
+  allow_ephemeral_backup_dir:
+    description: Accept a O(backup_dir) that will not outlive the job.
+    type: bool
+    default: false
 '''
 
 EXAMPLES = r'''
@@ -98,6 +106,7 @@ from ansible.module_utils.pgmigrate_holds import (
     read_privileges,
     refusal,
 )
+from ansible.module_utils.pgmigrate_paths import ephemeral_reason
 from ansible.module_utils.pgmigrate_sql import HAS_PGLAST, PGLAST_IMP_ERR, plan_sql_errors, wrap
 
 SETTINGS = ("server_version", "lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout",
@@ -169,11 +178,28 @@ def check_holds(module, backfills: list, holds: dict) -> None:
                          holds=holds)
 
 
+def refuse_ephemeral_backup_dir(module, plan: dict) -> None:
+    """Stop in the plan phase when the backup would not outlive the job (nothing is locked or written yet)."""
+    backup_dir = module.params["backup_dir"]
+    if not backup_dir or module.params["allow_ephemeral_backup_dir"]:
+        return
+    if not (plan.get("backup") or {}).get("enabled", True):
+        return
+    reason = ephemeral_reason(backup_dir)
+    if reason:
+        module.fail_json(msg=f"backup directory refused: {reason}, so the backup would be gone while the ledger "
+                             "still points at it. Set pgmigrate_backup_dir to persistent storage (default "
+                             "/var/backups/pgmigrate; under AWX a volume mounted into the execution environment), "
+                             "or, if that is intended, -e pgmigrate_backup_allow_ephemeral=true. Nothing was changed.")
+
+
 def main() -> None:
     argument_spec = connection_argument_spec()
-    argument_spec.update(plan=dict(type="dict", required=True), backup_dir=dict(type="path"))
+    argument_spec.update(plan=dict(type="dict", required=True), backup_dir=dict(type="path"),
+                         allow_ephemeral_backup_dir=dict(type="bool", default=False))
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     plan = module.params["plan"]
+    refuse_ephemeral_backup_dir(module, plan)
     if not HAS_PGLAST:
         module.fail_json(msg=missing_required_lib("pglast"), exception=PGLAST_IMP_ERR)
     refused = plan_sql_errors(plan)

@@ -237,7 +237,9 @@ def tiny_tmpfs(tmp_path):
 def test_not_enough_disk_is_refused_before_dumping(pg, backed_up, tmp_path, tiny_tmpfs):
     point = tiny_tmpfs("1m")
     target = point / "backups"
-    res = run_module("pg_backup", {**conn_args(pg, backed_up["db"]), "backup_dir": str(target)}, tmp_path)
+    # A small tmpfs stands for a small disk: accepted as intended (a tmpfs is refused by default).
+    res = run_module("pg_backup", {**conn_args(pg, backed_up["db"]), "backup_dir": str(target),
+                                   "allow_ephemeral_dir": True}, tmp_path)
     assert res.get("failed") is True
     assert "not enough free space for the backup" in res["msg"] and "Nothing was written" in res["msg"]
     assert res["preflight"]["free_bytes"] < res["preflight"]["needed_bytes"]
@@ -247,7 +249,7 @@ def test_not_enough_disk_is_refused_before_dumping(pg, backed_up, tmp_path, tiny
 def test_disk_full_during_the_dump_leaves_no_partial_file(pg, backed_up, tmp_path, tiny_tmpfs):
     point = tiny_tmpfs("32k")
     res = run_module("pg_backup", {**conn_args(pg, backed_up["db"]), "backup_dir": str(point),
-                                   "disk_margin": 0.001}, tmp_path)
+                                   "disk_margin": 0.001, "allow_ephemeral_dir": True}, tmp_path)
     assert res.get("failed") is True
     assert "pg_dump failed" in res["msg"] and "Nothing was left" in res["msg"]
     assert list(point.iterdir()) == []

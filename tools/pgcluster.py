@@ -136,6 +136,8 @@ class Cluster:
     def start(self) -> bool:
         if self.is_running():
             return False
+        # The port of this start is the cluster's port from now on (the local inventory reads it).
+        self.meta_file.write_text(json.dumps({**self.meta(), "port": self.port, "os_user": self.os_user}))
         self.log.touch()
         self._chown(self.log)
         self._as_user([str(self.bindir / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.data),
