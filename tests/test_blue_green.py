@@ -130,11 +130,15 @@ def test_switch_back_has_zero_failed_requests(pg, app_db, stack, tmp_path):
     assert stack.upstream()["members"][0]["name"] == "blue"
 
 
-def test_config_restore_gives_back_the_files_byte_for_byte(pg, app_db, stack, tmp_path):
+def test_config_restore_gives_back_the_files_byte_for_byte(pg, app_db, releases, tmp_path):
     config_dir = tmp_path / "cfg"
-    release = stack.deploy / "colours" / "green" / "releases" / "2.0.0"
+    release = tmp_path / "release"
+    subprocess_install(releases / "football_prediction_api-2.0.0-py3-none-any.whl", release)
+    secret = tmp_path / "pw"
+    secret.write_text(pg.password)
+    secret.chmod(0o600)
     common = {**pg.conn_vars(app_db), "config_dir": str(config_dir), "config_release_path": str(release),
-              "config_password_file": str(stack.deploy / "secrets" / "db.password"),
+              "config_password_file": str(secret),
               "config_release_version": "2.0.0", "result_file": str(tmp_path / "result.json")}
     playbook = ROOT / "tests" / "playbooks" / "config_render.yml"
     first = run_playbook(playbook, tmp_path, common, inventory=ROOT / "tests" / "inventory.yml")
@@ -151,7 +155,8 @@ def test_config_restore_gives_back_the_files_byte_for_byte(pg, app_db, stack, tm
                            inventory=ROOT / "tests" / "inventory.yml")
     assert restore.rc == 0, restore.output[-3000:]
     assert config_digest(config_dir) == before
-    assert "password" not in (config_dir / ".env").read_text().lower().replace("password_file", "")
+    env_text = (config_dir / ".env").read_text()
+    assert pg.password not in env_text and "password=" not in env_text.lower()  # the DSN on disk has none
 
 
 @pytest.fixture(scope="module")
