@@ -179,8 +179,15 @@ def main(argv=None):
 '''
 
 
-def test_rolling_update_keeps_serving_and_stops_at_a_failing_instance(pg, app_db, rolling_stack, tmp_path):
-    s = rolling_stack
+@pytest.fixture(scope="module")
+def rolling_db(pg, v2_template):
+    name = pg.create_database(template=v2_template)
+    yield name
+    pg.drop_database(name)
+
+
+def test_rolling_update_keeps_serving_and_stops_at_a_failing_instance(pg, rolling_db, rolling_stack, tmp_path):
+    s, app_db = rolling_stack, rolling_db
     first = deploy(s, pg, app_db, tmp_path, "2.0.0", "v2_0_0", blue_green_strategy="rolling")
     assert first.rc == 0, first.output[-4000:]
     assert [m["name"] for m in s.upstream()["members"]] == ["rolling-1", "rolling-2"]

@@ -15,7 +15,7 @@ def test_nginx_serves_release_2_on_green(host):
 
 def test_the_active_upstream_names_green(host):
     text = host.file(f"{STATE}/nginx/active_upstream.conf").content_string
-    marker = [line for line in text.splitlines() if line.startswith("# pgmigrate-active: ")][0]
+    marker = next(line for line in text.splitlines() if line.startswith("# pgmigrate-active: "))
     members = json.loads(marker.split(": ", 1)[1])["members"]
     assert [m["name"] for m in members] == ["green"]
 
