@@ -165,14 +165,14 @@ def test_full_run_records_success_and_reruns_safely(pg, reference_db, tmp_path):
         assert live.rc == 0, live.output[-4000:]
         with Traffic(stack.url, ["/health", "/predictions/1"], threads=3, requests=200_000,
                      min_requests=300) as loop:
-            first = run_playbook("migrate.yml", tmp_path, variables)
+            first = run_playbook("migrate.yml", tmp_path, variables, timeout=2400)
         assert first.rc == 0, first.output[-4000:]
         assert loop.failures == [], loop.failures[:5]
         assert loop.version_changes()[0] == "1.0.0" and loop.version_changes()[-1] == "2.0.0"
         for client in range(3):
             assert len(loop.version_changes(client)) <= 2
         assert stack.health()["version"] == "2.0.0" and stack.health()["colour"] == "green"
-        second = run_playbook("migrate.yml", tmp_path, variables)
+        second = run_playbook("migrate.yml", tmp_path, variables, timeout=2400)
         assert second.rc == 0, second.output[-4000:]
     finally:
         stack.stop()
