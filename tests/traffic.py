@@ -64,7 +64,8 @@ class Traffic:
             return Answer(seq, client, started, time.monotonic() - started, exc.code, exc.headers.get("X-App-Version"),
                           exc.headers.get("X-App-Colour"), f"HTTP {exc.code}")
         except OSError as exc:
-            return Answer(seq, client, started, time.monotonic() - started, None, None, None, f"{type(exc).__name__}: {exc}")
+            return Answer(seq, client, started, time.monotonic() - started, None, None, None,
+                          f"{type(exc).__name__}: {exc}")
 
     def _run(self, client: int) -> None:
         after_stop = 0
