@@ -69,3 +69,7 @@ bench:  ## Backfill benchmark (1M rows: runbook loop vs one UPDATE vs pg_batch_u
 .PHONY: bench-backup
 bench-backup:  ## Backup benchmark (1M predictions: pg_backup + pg_backup_verify vs plain pg_dump -Fc) -> benchmarks/results/backup_latest.json
 	$(BIN)/python benchmarks/backup_bench.py $(BENCH_ARGS)
+
+.PHONY: bench-switch
+bench-switch:  ## Blue-green switch benchmark (switch time, p50/p99 through nginx before/during/after) -> benchmarks/results/switch_latest.json
+	$(BIN)/python benchmarks/bench_switch.py $(BENCH_ARGS)

@@ -138,6 +138,8 @@ PLAN_SPEC: dict[str, Any] = {
             "strategy": {"type": "str", "required": True, "choices": ["blue_green", "rolling", "none"]},
             "health_path": STR,
             "config": {"type": "dict"},
+            "artifact": STR,
+            "instances": {"type": "int", "min": 1},
         }},
         "rollback": {"type": "dict", "required": True, "fields": {
             "policy": {"type": "str", "required": True, "choices": ["automatic", "manual"]},

@@ -52,13 +52,17 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
 fi
 
 # 2. With --services: what the demo's monitoring and the tests run for real
-#    (Prometheus with promtool, node_exporter's textfile collector, the Pushgateway, Alertmanager).
+#    (Prometheus with promtool, node_exporter's textfile collector, the Pushgateway, Alertmanager,
+#    nginx, supervisor).
 if [[ $want_services -eq 1 ]]; then
   missing=()
   [[ -x /usr/bin/prometheus && -x /usr/bin/promtool ]] || missing+=(prometheus)
   [[ -x /usr/bin/prometheus-node-exporter ]] || missing+=(prometheus-node-exporter)
   [[ -x /usr/bin/prometheus-pushgateway ]] || missing+=(prometheus-pushgateway)
   [[ -x /usr/bin/prometheus-alertmanager ]] || missing+=(prometheus-alertmanager)
+  # nginx and supervisord of the blue/green deploy (run from .state/deploy, never system-wide).
+  [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+  [[ -x /usr/bin/supervisord && -x /usr/bin/supervisorctl ]] || missing+=(supervisor)
   if [[ ${#missing[@]} -gt 0 ]]; then apt_install "${missing[@]}"; fi
 fi
 

@@ -1,37 +1,42 @@
 #!/usr/bin/env bash
-# Start/stop the embedded default's application process: the reference API on
-# 127.0.0.1:58080, connected to the local cluster.  PIDs and logs live in .state/.
-# (The blue-green deploy phase will run its colours under a supervisor behind nginx.)
+# Start/stop the embedded default's application: nginx on 127.0.0.1:${APP_PROXY_PORT:-18080}
+# in front of the blue/green colours under supervisord, all run from .state/deploy/ (no
+# system-wide configuration, no systemd: started and stopped by PID).
+#   start: build releases 1.0.0 and 2.0.0 into .state/releases/, make 1.0.0 live (when
+#          nothing is live yet) with playbooks/app_release.yml
+#   stop:  stop supervisord (and the colours) and nginx by their pid files
 set -euo pipefail
 cd "$(dirname "$0")/.."
 action=${1:-status}
-port=${APP_PORT:-58080}
-run=.state/run
-mkdir -p "$run" .state/logs
-pidfile=$run/app.pid
+deploy=.state/deploy
+proxy_port=${APP_PROXY_PORT:-18080}
 
-running() { [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+stop_pid() {  # pidfile signal
+  local pid
+  alive "$1" || return 0
+  pid=$(cat "$1")
+  kill "-$2" "$pid"
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+}
 
 case $action in
   start)
-    if running; then echo "[services] API already running (pid $(cat $pidfile)) on http://127.0.0.1:$port"; exit 0; fi
-    PGPASSWORD=$(cat .state/secrets/football.password)
-    export PGPASSWORD PGHOST=127.0.0.1 PGPORT=${PG_PORT:-55433} PGUSER=football PGDATABASE=football_prediction
-    nohup .venv/bin/python examples/football_prediction/app.py --host 127.0.0.1 --port "$port" \
-      --app-version "${APP_VERSION:-1.0.0}" >> .state/logs/app.log 2>&1 &
-    echo $! > "$pidfile"
-    for _ in $(seq 50); do
-      curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
-      sleep 0.1
-    done
-    echo "[services] API started (pid $(cat $pidfile)) on http://127.0.0.1:$port, log .state/logs/app.log"
+    for v in 1.0.0 2.0.0; do bash scripts/build-release.sh "$v" .state/releases >/dev/null; done
+    .venv/bin/ansible-playbook playbooks/app_release.yml -e blue_green_release_version=1.0.0 \
+      -e "pgmigrate_app_url=http://127.0.0.1:$proxy_port" -e blue_green_expect_revision= >/dev/null \
+      || { echo "[services] deploying release 1.0.0 failed: rerun .venv/bin/ansible-playbook playbooks/app_release.yml -e blue_green_release_version=1.0.0 for the details"; exit 1; }
+    echo "[services] nginx on http://127.0.0.1:$proxy_port serves $(curl -fsS "http://127.0.0.1:$proxy_port/health")"
     ;;
   stop)
-    if running; then kill "$(cat "$pidfile")"; echo "[services] API stopped"; fi
-    rm -f "$pidfile"
+    stop_pid $deploy/supervisor/supervisord.pid TERM && echo "[services] supervisord and the colours stopped"
+    stop_pid $deploy/nginx/nginx.pid QUIT && echo "[services] nginx stopped"
     ;;
   status)
-    if running; then echo "[services] API running (pid $(cat $pidfile))"; else echo "[services] API stopped"; exit 3; fi
+    alive $deploy/nginx/nginx.pid && alive $deploy/supervisor/supervisord.pid || { echo "[services] stopped"; exit 3; }
+    /usr/bin/supervisorctl -c $deploy/supervisor/supervisord.conf status || true
     ;;
   *) echo "usage: $0 start|stop|status"; exit 2 ;;
 esac

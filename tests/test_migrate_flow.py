@@ -8,8 +8,10 @@ import time
 from pathlib import Path
 
 from conftest import ROOT, VENV_BIN, ansible_env, run_playbook, write_vars
+from deploy_helpers import build_release, new_stack
 from psycopg2 import sql
-from validate_helpers import database_state, query, start_app, stop
+from traffic import Traffic
+from validate_helpers import database_state, query
 
 
 def flow_vars(pg, db: str, tmp_path: Path, **extra) -> dict:
@@ -151,21 +153,43 @@ def test_second_run_is_refused_while_the_first_holds_the_lock(pg, reference_db, 
 
 
 def test_full_run_records_success_and_reruns_safely(pg, reference_db, tmp_path):
-    proc, url = start_app(pg, reference_db, version="1.0.0")
+    """The whole runbook with release 1.0.0 live behind nginx and a request loop through it:
+    zero failed requests, 2.0.0 live on green after it, the deploy facts in the ledger."""
+    stack = new_stack(tmp_path / "deploy", build_releases(tmp_path / "releases"))
     try:
-        variables = flow_vars(pg, reference_db, tmp_path, pgmigrate_app_url=url, validate_perf_requests=40)
-        first = run_playbook("migrate.yml", tmp_path, variables)
+        variables = flow_vars(pg, reference_db, tmp_path, validate_perf_requests=40,
+                              **stack.variables(pg, reference_db), pgmigrate_report_dir=str(tmp_path / "reports"))
+        variables["pgmigrate_state_dir"] = str(stack.state)
+        live = run_playbook("playbooks/app_release.yml", tmp_path,
+                            {**variables, "blue_green_release_version": "1.0.0", "blue_green_expect_revision": ""})
+        assert live.rc == 0, live.output[-4000:]
+        with Traffic(stack.url, ["/health", "/predictions/1"], threads=3, requests=200_000,
+                     min_requests=300) as loop:
+            first = run_playbook("migrate.yml", tmp_path, variables, timeout=2400)
         assert first.rc == 0, first.output[-4000:]
-        second = run_playbook("migrate.yml", tmp_path, variables)
+        assert loop.failures == [], loop.failures[:5]
+        assert loop.version_changes()[0] == "1.0.0" and loop.version_changes()[-1] == "2.0.0"
+        for client in range(3):
+            assert len(loop.version_changes(client)) <= 2
+        assert stack.health()["version"] == "2.0.0" and stack.health()["colour"] == "green"
+        second = run_playbook("migrate.yml", tmp_path, variables, timeout=2400)
         assert second.rc == 0, second.output[-4000:]
     finally:
-        stop(proc)
+        stack.stop()
     rows = query(pg, reference_db, "SELECT status, from_revision, to_revision, backup_verified, phases "
                                    "FROM migration_ops.runs ORDER BY id")
     assert [r[:4] for r in rows] == [("succeeded", "v1_0_0", "v2_0_0", True), ("succeeded", "v2_0_0", "v2_0_0", True)]
     first_phases, second_phases = rows[0][4], rows[1][4]
     assert first_phases["schema"]["status"] == "succeeded" and first_phases["data"]["status"] == "succeeded"
     assert first_phases["plan"]["facts"]["baseline"]["counts"]["predictions"] == 3000
+    deploy = first_phases["deploy"]
+    assert deploy["status"] == "succeeded"
+    assert {k: deploy["facts"][k] for k in ("strategy", "runtime", "colour_from", "colour_to", "version_from",
+                                            "version_to", "config_backup", "instances")} == {
+        "strategy": "blue_green", "runtime": "process", "colour_from": "blue", "colour_to": "green",
+        "version_from": "1.0.0", "version_to": "2.0.0", "config_backup": None, "instances": []}
+    assert deploy["facts"]["switched_at"].endswith("Z")
+    assert second_phases["deploy"]["facts"]["switched_at"] is None  # 2.0.0 was already live
     # The rerun found nothing left to do: same revision, no backfilled rows.
     assert second_phases["schema"]["facts"]["from_revision"] == "v2_0_0"
     assert query(pg, reference_db, "SELECT version_num FROM alembic_version") == [("v2_0_0",)]
@@ -175,6 +199,12 @@ def test_full_run_records_success_and_reruns_safely(pg, reference_db, tmp_path):
     assert query(pg, reference_db, "SELECT count(*) FROM migration_ops.lock") == [(0,)]
     assert (tmp_path / "docs" / "MIGRATION_HISTORY.md").exists()
     shutil.rmtree(tmp_path / "state", ignore_errors=True)
+
+
+def build_releases(outdir: Path) -> Path:
+    for version in ("1.0.0", "2.0.0"):
+        build_release(version, outdir)
+    return outdir
 
 
 def alias_bomb(levels: int = 6) -> str:

@@ -42,7 +42,7 @@ def test_demo_migration_writes_the_report_with_real_numbers(pg, reference_db, tm
         with WebhookReceiver() as hook, SmtpReceiver() as smtp:
             # The whole runbook; the backup phase is left out for speed (its own tests prove it).
             res = run_playbook("migrate.yml", tmp_path, demo_vars(
-                pg, reference_db, tmp_path, pgmigrate_app_url=url,
+                pg, reference_db, tmp_path, pgmigrate_app_url=url, blue_green_enabled=False,
                 report_notify_webhook_url=hook.url(f"/services/{HOOK_TOKEN}"),
                 report_notify_email_to=["dba@example.com"], report_notify_smtp_host="127.0.0.1",
                 report_notify_smtp_port=smtp.port), "--skip-tags", "backup")

@@ -1,0 +1,215 @@
+"""The deploy phase for real: release wheels, nginx and supervisord under a temporary state
+directory on free loopback ports, the reference database, and a bounded request loop through
+nginx across each switch."""
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, alembic, run_playbook
+from deploy_helpers import build_release, new_stack
+from traffic import Traffic
+
+APP_PLAYBOOK = ROOT / "playbooks" / "app_release.yml"
+SWITCH_BACK = ROOT / "tests" / "playbooks" / "switch_back.yml"
+RESTORE = ROOT / "tests" / "playbooks" / "config_restore.yml"
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory):
+    out = tmp_path_factory.mktemp("releases")
+    for version in ("1.0.0", "2.0.0", "2.0.1"):
+        build_release(version, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def app_db(pg, reference_template):
+    name = pg.create_database(template=reference_template)
+    yield name
+    pg.drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, releases):
+    s = new_stack(tmp_path_factory.mktemp("deploy"), releases)
+    yield s
+    s.stop()
+
+
+def deploy(stack, pg, db, tmp_path, version, revision, *args, **extra):
+    variables = stack.variables(pg, db, blue_green_release_version=version, blue_green_expect_revision=revision,
+                                **extra)
+    return run_playbook(APP_PLAYBOOK, tmp_path, variables, *args)
+
+
+def recap_changed(output: str) -> int:
+    line = [x for x in output.splitlines() if "changed=" in x and "ok=" in x][-1]
+    return int(line.split("changed=")[1].split()[0])
+
+
+def test_switch_under_traffic_has_zero_failed_requests(pg, app_db, stack, tmp_path):
+    first = deploy(stack, pg, app_db, tmp_path, "1.0.0", "v1_0_0")
+    assert first.rc == 0, first.output[-4000:]
+    assert stack.upstream()["members"][0]["name"] == "blue"
+    assert stack.health() == {"status": "ok", "version": "1.0.0", "colour": "blue", "db_revision": "v1_0_0"}
+    alembic(pg, app_db, "upgrade", "v2_0_0")  # expand first: 1.0.0 keeps serving on the 2.0.0 schema
+    with Traffic(stack.url, ["/health", "/predictions/1", "/predictions/2"], threads=4, requests=50_000,
+                 min_requests=400) as loop:
+        res = deploy(stack, pg, app_db, tmp_path, "2.0.0", "v2_0_0")
+    assert res.rc == 0, res.output[-4000:]
+    assert loop.failures == [], loop.failures[:5]
+    assert len(loop.answers) >= 400
+    for client in range(4):
+        assert loop.version_changes(client) in (["1.0.0", "2.0.0"], ["2.0.0"], ["1.0.0"])
+    assert loop.version_changes()[0] == "1.0.0" and loop.version_changes()[-1] == "2.0.0"
+    assert stack.health() == {"status": "ok", "version": "2.0.0", "colour": "green", "db_revision": "v2_0_0"}
+    programs = stack.programs()
+    assert programs["app-blue"][0] == "RUNNING" and programs["app-green"][0] == "RUNNING"  # the way back
+    assert stack.health(stack.ports["blue"])["version"] == "1.0.0"
+    new_answers = [a for a in loop.answers if a.version == "2.0.0"]
+    assert new_answers and all(a.colour == "green" for a in new_answers)
+
+
+def test_same_version_again_changes_nothing(pg, app_db, stack, tmp_path):
+    before = stack.programs()
+    res = deploy(stack, pg, app_db, tmp_path, "2.0.0", "v2_0_0")
+    assert res.rc == 0, res.output[-4000:]
+    assert recap_changed(res.output) == 0, res.output[-4000:]
+    assert "already live on green" in res.output
+    assert stack.programs() == before  # same pids: nothing restarted
+
+
+def test_failing_health_check_never_switches(pg, app_db, stack, tmp_path):
+    """2.0.1 answers /health with revision v2_0_0, never the v9_9_9 this deploy expects."""
+    with Traffic(stack.url, ["/health", "/predictions/1"], threads=3, requests=50_000, min_requests=100) as loop:
+        res = deploy(stack, pg, app_db, tmp_path, "2.0.1", "v9_9_9", blue_green_health_retries=3)
+    assert res.rc != 0
+    output = " ".join(res.output.split())
+    assert "the health check of blue" in output and "revision v9_9_9" in output, output[-3000:]
+    assert "blue is stopped" in output
+    assert loop.failures == [] and {a.colour for a in loop.answers} == {"green"}  # no request reached blue
+    assert stack.health()["version"] == "2.0.0"
+    assert stack.programs()["app-blue"][0] == "STOPPED"
+    assert stack.upstream()["members"][0]["name"] == "green"
+
+
+def config_digest(directory: Path) -> dict:
+    return {str(p.relative_to(directory)): (hashlib.sha256(p.read_bytes()).hexdigest(), stat.S_IMODE(p.stat().st_mode))
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_invalid_configuration_switches_nothing(pg, app_db, stack, tmp_path):
+    blue_config = stack.deploy / "colours" / "blue" / "config"
+    before = config_digest(blue_config)
+    res = deploy(stack, pg, app_db, tmp_path, "2.0.1", "v2_0_0", blue_green_config_settings={"pool_size": 0})
+    assert res.rc != 0
+    output = " ".join(res.output.split())
+    assert "failed validation (--check-config" in output and "pool_size must be >= 1, got 0" in output, output[-3000:]
+    assert "previous configuration" in output and "is still in place" in output
+    assert config_digest(blue_config) == before
+    assert stack.health()["version"] == "2.0.0" and stack.upstream()["members"][0]["name"] == "green"
+    assert stack.programs()["app-blue"][0] == "STOPPED"
+
+
+def test_switch_back_has_zero_failed_requests(pg, app_db, stack, tmp_path):
+    """Interface (d): blue is stopped (the refused deploys left 2.0.1 installed there); switch_back
+    starts it, proves it healthy, switches with one reload and stops green, under traffic."""
+    with Traffic(stack.url, ["/health", "/predictions/1"], threads=4, requests=50_000, min_requests=200) as loop:
+        res = run_playbook(SWITCH_BACK, tmp_path, stack.variables(pg, app_db, blue_green_switch_back_colour="blue"))
+    assert res.rc == 0, res.output[-4000:]
+    assert loop.failures == [], loop.failures[:5]
+    for client in range(4):
+        assert len(loop.version_changes(client)) <= 2
+    assert stack.health()["colour"] == "blue"
+    programs = stack.programs()
+    assert programs["app-blue"][0] == "RUNNING" and programs["app-green"][0] == "STOPPED"
+    assert stack.upstream()["members"][0]["name"] == "blue"
+
+
+def test_config_restore_gives_back_the_files_byte_for_byte(pg, app_db, releases, tmp_path):
+    config_dir = tmp_path / "cfg"
+    release = tmp_path / "release"
+    subprocess_install(releases / "football_prediction_api-2.0.0-py3-none-any.whl", release)
+    secret = tmp_path / "pw"
+    secret.write_text(pg.password)
+    secret.chmod(0o600)
+    common = {**pg.conn_vars(app_db), "config_dir": str(config_dir), "config_release_path": str(release),
+              "config_password_file": str(secret),
+              "config_release_version": "2.0.0", "result_file": str(tmp_path / "result.json")}
+    playbook = ROOT / "tests" / "playbooks" / "config_render.yml"
+    first = run_playbook(playbook, tmp_path, common, inventory=ROOT / "tests" / "inventory.yml")
+    assert first.rc == 0, first.output[-3000:]
+    os.chmod(config_dir / ".env", 0o600)  # an operator's change of mode is part of what comes back
+    before = config_digest(config_dir)
+    second = run_playbook(playbook, tmp_path, {**common, "config_settings": {"pool_size": 3}},
+                          inventory=ROOT / "tests" / "inventory.yml")
+    assert second.rc == 0, second.output[-3000:]
+    import json
+    backup = json.loads((tmp_path / "result.json").read_text())["backup"]
+    assert backup and config_digest(config_dir) != before
+    restore = run_playbook(playbook, tmp_path, {**common, "config_entry": "restore", "config_restore_from": backup},
+                           inventory=ROOT / "tests" / "inventory.yml")
+    assert restore.rc == 0, restore.output[-3000:]
+    assert config_digest(config_dir) == before
+    env_text = (config_dir / ".env").read_text()
+    assert pg.password not in env_text and "password=" not in env_text.lower()  # the DSN on disk has none
+
+
+@pytest.fixture(scope="module")
+def rolling_stack(tmp_path_factory, releases):
+    s = new_stack(tmp_path_factory.mktemp("rolling"), releases)
+    yield s
+    s.stop()
+
+
+BROKEN_SERVER = '''"""A test-only broken release: --check-config passes, the server exits at start."""
+import sys
+
+
+def main(argv=None):
+    if "--check-config" in sys.argv:
+        print("configuration valid (broken test release)")
+        return 0
+    print("broken test release: refusing to start", file=sys.stderr)
+    return 3
+'''
+
+
+@pytest.fixture(scope="module")
+def rolling_db(pg, v2_template):
+    name = pg.create_database(template=v2_template)
+    yield name
+    pg.drop_database(name)
+
+
+def test_rolling_update_keeps_serving_and_stops_at_a_failing_instance(pg, rolling_db, rolling_stack, tmp_path):
+    s, app_db = rolling_stack, rolling_db
+    first = deploy(s, pg, app_db, tmp_path, "2.0.0", "v2_0_0", blue_green_strategy="rolling")
+    assert first.rc == 0, first.output[-4000:]
+    assert [m["name"] for m in s.upstream()["members"]] == ["rolling-1", "rolling-2"]
+    # rolling-2's 2.0.1 release is damaged from outside before the update reaches it.
+    release = s.deploy / "colours" / "rolling-2" / "releases" / "2.0.1"
+    subprocess_install(s.releases / "football_prediction_api-2.0.1-py3-none-any.whl", release)
+    (release / "football_prediction_api" / "server.py").write_text(BROKEN_SERVER)
+    with Traffic(s.url, ["/health", "/predictions/1"], threads=4, requests=50_000, min_requests=200) as loop:
+        res = deploy(s, pg, app_db, tmp_path, "2.0.1", "v2_0_0", blue_green_strategy="rolling",
+                     blue_green_health_retries=3)
+    assert res.rc != 0
+    output = " ".join(res.output.split())
+    assert "Rolling update at instance rolling-2 stopped" in output and "the health check of rolling-2" in output
+    assert loop.failures == [], loop.failures[:5]  # at every moment at least one instance served
+    assert {a.colour for a in loop.answers} <= {"rolling-1", "rolling-2"}
+    assert [m["name"] for m in s.upstream()["members"]] == ["rolling-1"]
+    assert s.health() == {"status": "ok", "version": "2.0.1", "colour": "rolling-1", "db_revision": "v2_0_0"}
+    assert s.programs()["app-rolling-2"][0] in ("STOPPED", "FATAL", "EXITED", "BACKOFF")
+
+
+def subprocess_install(wheel: Path, target: Path) -> None:
+    import subprocess
+    import sys
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(target),
+                    str(wheel)], check=True)
