@@ -32,10 +32,6 @@ NOT_ASKED = {
     "backup": "restore.yml only (a file path on the execution node), not an AWX template",
     "terminate_sessions": "restore.yml only, not an AWX template",
 }
-# Questions for variables that the rollback issue (#12) defines, allowed to be unread only while
-# rollback.yml is still the placeholder that changes nothing.  Once it is implemented, every one of
-# them must really be read or the test fails.
-ROLLBACK_ISSUE_VARS = {"auto_rollback", "run_id", "rollback_strategy", "rollback_discard_new_rows", "version"}
 MAGIC = {
     "hostvars", "groups", "group_names", "inventory_hostname", "inventory_hostname_short", "inventory_dir",
     "inventory_file", "playbook_dir", "role_path", "role_name", "item", "omit", "play_hosts", "environment",
@@ -235,8 +231,26 @@ def survey_vars(template: dict) -> dict[str, dict]:
     return {q["variable"]: q for q in template["related"]["survey_spec"]["spec"]}
 
 
-def rollback_is_placeholder() -> bool:
-    return "not implemented yet" in (ROOT / "rollback.yml").read_text()
+@functools.cache
+def role_options_read(playbook: str) -> frozenset[str]:
+    """Role variables a user may set with -e on this playbook (e.g. rollback_strategy): the defaults
+    and argument-spec options of the roles it reaches that some file it reaches reads."""
+    reach = Reach(ROOT / playbook)
+    options: set[str] = set()
+    for name in reach.roles:
+        role = ROOT / "roles" / name
+        defaults = role / "defaults" / "main.yml"
+        if defaults.is_file():
+            options |= set(yaml.safe_load(defaults.read_text()) or {})
+        specs = role / "meta" / "argument_specs.yml"
+        if specs.is_file():
+            for spec in (yaml.safe_load(specs.read_text())["argument_specs"] or {}).values():
+                options |= set(spec.get("options") or {})
+    read: set[str] = set()
+    for path in reach.files:
+        text = path.read_text()
+        read |= read_names(text) if path.suffix == ".j2" else names_in(yaml.safe_load(text))
+    return frozenset(options & read)
 
 
 def test_the_analysis_sees_the_extra_vars_of_migrate_yml():
@@ -255,10 +269,8 @@ def test_every_template_names_a_playbook_that_exists(template):
 
 @pytest.mark.parametrize("template", job_templates(), ids=lambda t: t["name"])
 def test_every_survey_variable_is_read_by_the_playbook(template):
-    read = extra_vars_read(template["playbook"])
+    read = extra_vars_read(template["playbook"]) | role_options_read(template["playbook"])
     unread = set(survey_vars(template)) - read
-    if template["playbook"] in ("rollback.yml", "migrate.yml") and rollback_is_placeholder():
-        unread -= ROLLBACK_ISSUE_VARS
     assert not unread, (f"{template['name']}: survey variables {sorted(unread)} are not read by "
                         f"{template['playbook']} (it reads {sorted(read)})")
 
