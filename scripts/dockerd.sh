@@ -22,6 +22,12 @@ sock=$dir/docker.sock pidfile=$dir/dockerd.pid log=$dir/dockerd.log
 start_timeout=${PGMIGRATE_DOCKERD_TIMEOUT:-60}
 
 say() { printf 'dockerd: %s\n' "$*"; }
+unmount_leftovers() {  # e.g. exec-root/netns/default, which dockerd leaves mounted
+  local mnt
+  awk -v d="$dir/" 'index($2, d) == 1 { print $2 }' /proc/self/mounts | sort -r | while read -r mnt; do
+    umount "$mnt" 2>/dev/null || umount -l "$mnt" || true
+  done
+}
 pid_alive() { [[ -s $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 api_up() { curl -fsS --max-time 2 --unix-socket "$sock" http://localhost/_ping >/dev/null 2>&1; }
 
@@ -49,11 +55,14 @@ case $action in
     exit 1
     ;;
   stop)
-    if ! pid_alive; then say "not running"; rm -f "$pidfile"; exit 0; fi
+    if ! pid_alive; then say "not running"; rm -f "$pidfile"; unmount_leftovers; exit 0; fi
     pid=$(cat "$pidfile")
     kill -TERM "$pid"
     # dockerd stops its containers (their stop timeouts) and its containerd before it exits.
-    for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || { say "stopped (pid $pid)"; exit 0; }; sleep 0.2; done
+    for _ in $(seq 300); do
+      if ! kill -0 "$pid" 2>/dev/null; then unmount_leftovers; say "stopped (pid $pid)"; exit 0; fi
+      sleep 0.2
+    done
     say "pid $pid did not stop within 60s after SIGTERM; killing it"
     kill -KILL "$pid" 2>/dev/null || true
     exit 1
