@@ -2,7 +2,8 @@
 # Install what the control node needs, idempotently:
 #   - a Python >= 3.12 virtualenv in .venv with requirements.txt (Ansible 14 needs 3.12+)
 #   - the PostgreSQL server binaries (Debian's postgresql-15) when missing
-#   - with --services: nginx and supervisor for the blue-green demo/tests
+#   - with --services: nginx and supervisor for the blue-green demo/tests, docker.io and
+#     debootstrap for its container runtime (scripts/dockerd.sh starts the daemon by hand)
 # Prints what it installs; never asks questions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,6 +64,9 @@ if [[ $want_services -eq 1 ]]; then
   # nginx and supervisord of the blue/green deploy (run from .state/deploy, never system-wide).
   [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
   [[ -x /usr/bin/supervisord && -x /usr/bin/supervisorctl ]] || missing+=(supervisor)
+  # The docker runtime of blue_green: Debian's dockerd and the base image's root filesystem.
+  [[ -x /usr/sbin/dockerd ]] || missing+=(docker.io)
+  [[ -x /usr/sbin/debootstrap ]] || missing+=(debootstrap)
   if [[ ${#missing[@]} -gt 0 ]]; then apt_install "${missing[@]}"; fi
 fi
 
