@@ -1,0 +1,131 @@
+"""The second reference shape: the ledger test application (tests/fixtures/ledger_app).
+
+Unlike the football app, its env.py builds its own URL from its own settings (LEDGER_DB_*, pydantic-settings),
+it runs in its own virtualenv with SQLAlchemy < 2.1 (the control node has 2.1), and its tables have a text
+and a composite primary key.  The modules and roles reach it through ``python`` / ``schema_migrate_python``
+and ``environment`` / ``schema_migrate_environment``.
+"""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from app_venv import app_venv
+from conftest import ROOT, conn_args, query, run_module
+
+LEDGER = ROOT / "tests" / "fixtures" / "ledger_app"
+ACCOUNTS, ENTRIES_PER_ACCOUNT = 40, 5
+
+
+@pytest.fixture(scope="session")
+def ledger_venv():
+    return app_venv(LEDGER / "requirements.txt")
+
+
+def ledger_settings(pg, db: str) -> dict:
+    return {"LEDGER_DB_HOST": pg.host, "LEDGER_DB_PORT": str(pg.port), "LEDGER_DB_USER": pg.user,
+            "LEDGER_DB_PASSWORD": pg.password, "LEDGER_DB_NAME": db}
+
+
+def ledger_args(pg, db: str, venv, **extra) -> dict:
+    return {**conn_args(pg, db), "project_dir": str(LEDGER), "python": str(venv),
+            "environment": ledger_settings(pg, db), **extra}
+
+
+def ledger_alembic(pg, db: str, venv, *args: str) -> subprocess.CompletedProcess:
+    """The application's own Alembic command line, in its virtualenv, with its settings."""
+    return subprocess.run([str(venv / "bin" / "alembic"), "-c", str(LEDGER / "alembic.ini"), *args],
+                          env={**pg.env(), **ledger_settings(pg, db)}, capture_output=True, text=True, check=True,
+                          cwd=LEDGER)
+
+
+@pytest.fixture(scope="session")
+def ledger_template(pg, ledger_venv):
+    """The ledger database at l1_base with a few accounts (text key) and entries (composite key)."""
+    name = pg.create_database()
+    ledger_alembic(pg, name, ledger_venv, "upgrade", "l1_base")
+    query(pg, name, """
+        INSERT INTO accounts (code, name, currency)
+             SELECT 'acc-' || lpad(i::text, 3, '0'), 'Account ' || i, (ARRAY['EUR', 'USD', 'GBP'])[1 + i %% 3]
+               FROM generate_series(1, %s) i""", (ACCOUNTS,))
+    query(pg, name, """
+        INSERT INTO entries (account_code, entry_no, amount_cents, note)
+             SELECT a.code, n, (n * 1234 + length(a.code)) * CASE WHEN n %% 2 = 0 THEN -1 ELSE 1 END, 'entry ' || n
+               FROM accounts a, generate_series(1, %s) n""", (ENTRIES_PER_ACCOUNT,))
+    return name
+
+
+@pytest.fixture
+def ledger_db(pg, ledger_template):
+    name = pg.create_database(template=ledger_template)
+    yield name
+    pg.drop_database(name)
+
+
+def revision(pg, db):
+    rows = query(pg, db, "SELECT version_num FROM alembic_version")
+    return rows[0][0] if rows else None
+
+
+def columns(pg, db):
+    return query(pg, db, """SELECT table_name, column_name FROM information_schema.columns
+                             WHERE table_schema = 'public' ORDER BY 1, 2""")
+
+
+def test_the_applications_python_and_settings_migrate_it(pg, ledger_db, ledger_venv, tmp_path):
+    before = columns(pg, ledger_db)
+    preview = run_module("alembic_migrate", ledger_args(pg, ledger_db, ledger_venv, revision="l2_amounts"),
+                         tmp_path, check=True, diff=True)
+    assert preview.get("failed") is not True, preview.get("msg")
+    assert preview["changed"] is True and "ALTER TABLE entries ADD COLUMN amount NUMERIC(14, 2)" in preview["sql"]
+    assert "CREATE INDEX ix_entries_amount" in preview["diff"]["prepared"]
+    assert revision(pg, ledger_db) == "l1_base" and columns(pg, ledger_db) == before
+
+    up = run_module("alembic_migrate", ledger_args(pg, ledger_db, ledger_venv, revision="l2_amounts"), tmp_path)
+    assert up.get("failed") is not True, up.get("msg")
+    assert up["changed"] is True and up["revisions_applied"] == ["l2_amounts"]
+    assert revision(pg, ledger_db) == "l2_amounts"
+    again = run_module("alembic_migrate", ledger_args(pg, ledger_db, ledger_venv, revision="l2_amounts"), tmp_path)
+    assert again["changed"] is False
+    # The settings are secrets: the password never reaches the output.
+    assert pg.password not in up["_output"] + preview["_output"] + again["_output"]
+    assert "[DEPRECATION WARNING]" not in up["_output"] + preview["_output"]
+
+
+def test_a_missing_module_fails_check_mode_with_the_install_hint(pg, ledger_db, tmp_path):
+    """The module's own Python has no pydantic: check mode fails (it used to say 'would upgrade' with a
+    warning), names the missing module and the Python to install it into, and changes nothing."""
+    args = {**conn_args(pg, ledger_db), "project_dir": str(LEDGER), "revision": "l2_amounts"}
+    for check in (True, False):
+        res = run_module("alembic_migrate", args, tmp_path, check=check)
+        assert res.get("failed") is True, res.get("msg")
+        assert "ModuleNotFoundError" in res["msg"] and "pydantic is not installed for" in res["msg"]
+        assert "schema_migrate_python" in res["msg"] and "Fix the migration script" not in res["msg"]
+        assert "[DEPRECATION WARNING]" not in res["_output"]
+    assert revision(pg, ledger_db) == "l1_base"
+
+
+@pytest.mark.parametrize("settings, what", [
+    ({"LEDGER_DB_PORT": "not-a-port"}, "db_port"),
+    ({"LEDGER_DB_NAME": None}, "db_name"),
+])
+def test_a_bad_settings_variable_says_so_and_changes_nothing(pg, ledger_db, ledger_venv, tmp_path, settings, what):
+    env = {k: v for k, v in {**ledger_settings(pg, ledger_db), **settings}.items() if v is not None}
+    before = columns(pg, ledger_db)
+    for check in (True, False):
+        res = run_module("alembic_migrate", ledger_args(pg, ledger_db, ledger_venv, revision="l2_amounts",
+                                                        environment=env), tmp_path, check=check)
+        assert res.get("failed") is True, res.get("msg")
+        assert "the application's settings did not load (ValidationError)" in res["msg"] and what in res["msg"]
+        assert "schema_migrate_environment" in res["msg"] and "Fix the migration script" not in res["msg"]
+        assert pg.password not in res["_output"]
+    assert revision(pg, ledger_db) == "l1_base" and columns(pg, ledger_db) == before
+
+
+def test_a_python_that_is_not_there_is_refused(pg, ledger_db, tmp_path):
+    res = run_module("alembic_migrate", ledger_args(pg, ledger_db, tmp_path / "no-venv", revision="l2_amounts"),
+                     tmp_path)
+    assert res.get("failed") is True
+    assert f"python: {tmp_path / 'no-venv'} is not an executable file" in res["msg"]
+    assert "schema_migrate_python" in res["msg"] and revision(pg, ledger_db) == "l1_base"
+
