@@ -187,3 +187,24 @@ def test_plans_ask_only_for_what_they_use(tmp_path):
     assert "schema.revision: required when schema.tool is alembic" in problems["3.0.2"]
     assert "schema: required field is missing (the plan's type is both" in problems["3.0.3"]
     assert "backfills[0].python_path: expected list, got str" in problems["3.0.4"]
+
+
+def test_same_day_runs_keep_their_own_reports(pg, tmp_path):
+    """Two runs of one version on one day write two reports (the second used to overwrite the first)."""
+    db = pg.create_database()
+    args = conn_args(pg, db)
+    runs = []
+    for _ in range(2):
+        run_id = run_module("migration_lock", {**args, "version": "2.0.0"}, tmp_path)["run_id"]
+        run_module("migration_lock", {**args, "state": "absent", "run_id": run_id, "run_status": "succeeded"},
+                   tmp_path)
+        runs.append(run_id)
+    reports = tmp_path / "reports"
+    written = []
+    for run_id in runs:
+        res = run_module("migration_report", {**args, "run_id": run_id, "version": "2.0.0", "plan": {"title": "t"},
+                                              "report_dir": str(reports), "date": "20261202"}, tmp_path)
+        assert res.get("failed") is not True, res.get("msg")
+        written.append(res["files"]["report_md"])
+    assert written == [str(reports / "2.0.0" / f"migration_report_20261202-run{r}.md") for r in runs]
+    assert all((reports / "2.0.0" / f"migration_report_20261202-run{r}.md").is_file() for r in runs)
