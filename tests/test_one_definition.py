@@ -29,6 +29,24 @@ def documented_options(name: str) -> dict:
     return yaml.safe_load(doc)["options"]
 
 
+def test_pg_batch_update_defaults_have_one_definition():
+    """The module's argument spec, its DOCUMENTATION and the engine's Spec (used by the plan's preflight) agree;
+    hold_poll_s was 5.0 in the module and 1.0 in the engine."""
+    from ansible.module_utils.pgmigrate_batch import spec_defaults
+
+    engine = spec_defaults()
+    argspec = load_module("pg_batch_update").argument_spec()
+    docs = documented_options("pg_batch_update")
+    problems = []
+    for name, default in engine.items():
+        if name in argspec and argspec[name].get("default") != default:
+            problems.append(f"{name}: argument spec {argspec[name].get('default')!r} != engine {default!r}")
+        if name in docs and docs[name].get("default") != default:
+            problems.append(f"{name}: DOCUMENTATION {docs[name].get('default')!r} != engine {default!r}")
+    assert not problems, "\n".join(problems)
+    assert engine["hold_poll_s"] == 5.0
+
+
 def defined_in(function: str) -> list[str]:
     """Files of library/ and module_utils/ that define ``function``."""
     return sorted(str(p.relative_to(ROOT)) for folder in ("library", "module_utils")
