@@ -11,7 +11,8 @@ import subprocess
 
 import pytest
 from app_venv import app_venv
-from conftest import ROOT, conn_args, query, run_module
+from conftest import ROOT, conn_args, query, run_module, run_playbook
+from psycopg2 import sql
 
 LEDGER = ROOT / "tests" / "fixtures" / "ledger_app"
 ACCOUNTS, ENTRIES_PER_ACCOUNT = 40, 5
@@ -60,6 +61,17 @@ def ledger_db(pg, ledger_template):
     name = pg.create_database(template=ledger_template)
     yield name
     pg.drop_database(name)
+
+
+def snapshot(pg, db: str) -> list:
+    """The catalog and the content of the application's tables: what 'nothing changed' compares."""
+    rows = query(pg, db, """SELECT n.nspname || '.' || c.relname || ':' || c.relkind::text FROM pg_class c
+                             JOIN pg_namespace n ON n.oid = c.relnamespace
+                            WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') ORDER BY 1""")
+    for table in ("accounts", "entries", "alembic_version"):
+        rows += query(pg, db, sql.SQL("SELECT md5(string_agg(t::text, '|' ORDER BY t::text)) FROM {} t")
+                      .format(sql.Identifier(table)))
+    return rows
 
 
 def revision(pg, db):
@@ -129,3 +141,70 @@ def test_a_python_that_is_not_there_is_refused(pg, ledger_db, tmp_path):
     assert f"python: {tmp_path / 'no-venv'} is not an executable file" in res["msg"]
     assert "schema_migrate_python" in res["msg"] and revision(pg, ledger_db) == "l1_base"
 
+
+# ---------------------------------------------------------------------------------
+# The roles and playbooks on the ledger application
+# ---------------------------------------------------------------------------------
+def ledger_vars(pg, db: str, venv, **extra) -> dict:
+    """The schema phase pointed at the ledger app: its plan, its Python, its settings (the database name follows
+    pgmigrate_db_conn: the target, the backup's copy or the cycle's scratch database)."""
+    settings = {**ledger_settings(pg, db), "LEDGER_DB_NAME": "{{ pgmigrate_db_conn.login_db }}"}
+    return {**pg.conn_vars(db), "version": "2.0.0", "pgmigrate_plan_dir": str(LEDGER / "migrations"),
+            "schema_migrate_python": str(venv), "schema_migrate_environment": settings, **extra}
+
+
+def test_schema_phase_check_mode_shows_the_sql_and_changes_nothing(pg, ledger_db, ledger_venv, tmp_path):
+    before = columns(pg, ledger_db)
+    res = run_playbook("playbooks/schema.yml", tmp_path, ledger_vars(pg, ledger_db, ledger_venv), "--check", "--diff")
+    assert res.rc == 0, res.output[-3000:]
+    assert "ALTER TABLE entries ADD COLUMN amount NUMERIC(14, 2)" in res.output
+    assert "would upgrade l1_base -> l2_amounts" in res.output
+    assert revision(pg, ledger_db) == "l1_base" and columns(pg, ledger_db) == before
+    assert pg.password not in res.output
+
+
+def test_schema_phase_with_a_bad_settings_variable_fails_clearly(pg, ledger_db, ledger_venv, tmp_path):
+    variables = ledger_vars(pg, ledger_db, ledger_venv)
+    variables["schema_migrate_environment"]["LEDGER_DB_PORT"] = "fivefourthreetwo"
+    before = columns(pg, ledger_db)
+    for args in (("--check",), ()):
+        res = run_playbook("playbooks/schema.yml", tmp_path, variables, *args)
+        assert res.rc != 0
+        out = " ".join(res.output.split())
+        assert "the application's settings did not load (ValidationError)" in out and "db_port" in out
+        assert "schema_migrate_environment" in out and "Fix the migration script" not in out
+        assert pg.password not in res.output
+    assert revision(pg, ledger_db) == "l1_base" and columns(pg, ledger_db) == before
+
+
+def test_cycle_stops_at_the_lowest_reversible_revision(pg, ledger_db, ledger_venv, tmp_path):
+    """l1_base (the baseline) cannot be downgraded: with schema_migrate_cycle_lowest the cycle never goes below
+    it, runs in the app's Python with settings pointed at the scratch database, and leaves the target alone."""
+    before = columns(pg, ledger_db)
+    res = run_playbook("playbooks/schema_cycle.yml", tmp_path,
+                       ledger_vars(pg, ledger_db, ledger_venv, schema_migrate_cycle_lowest="l1_base"))
+    assert res.rc == 0, res.output[-3000:]
+    for line in ("1. migrate to l1_base: base -> l1_base ok", "2. upgrade +1: l1_base -> l2_amounts ok",
+                 "3. downgrade -1: l2_amounts -> l1_base ok", "4. upgrade head: l1_base -> l3_audit ok",
+                 "5. downgrade l1_base: l3_audit -> l1_base ok", "6. upgrade head again: l1_base -> l3_audit ok"):
+        assert line in res.output
+    assert revision(pg, ledger_db) == "l1_base" and columns(pg, ledger_db) == before
+    assert query(pg, ledger_db, "SELECT count(*) FROM pg_database WHERE datname = %s",
+                 (f"{ledger_db}_schema_cycle",)) == [(0,)]
+
+
+def test_cycle_checks_the_alembic_dir_before_creating_anything(pg, ledger_db, ledger_venv, tmp_path):
+    """A relative alembic_dir starts at the project directory; a wrong one is named, resolved, with the variable to
+    set, before the scratch database is touched (a kept one from an earlier test stays as it was)."""
+    kept = pg.create_database(f"{ledger_db}_schema_cycle")
+    query(pg, kept, "CREATE TABLE inspect_me (x int)")
+    try:
+        res = run_playbook("playbooks/schema_cycle.yml", tmp_path,
+                           ledger_vars(pg, ledger_db, ledger_venv, schema_migrate_alembic_dir="tests/fixtures/nope"))
+        assert res.rc != 0
+        out = " ".join(res.output.split())
+        assert f"No Alembic project at {ROOT}/tests/fixtures/nope" in out
+        assert "schema_migrate_alembic_dir" in out and "schema_migrate_project_dir" in out
+        assert query(pg, kept, "SELECT count(*) FROM inspect_me") == [(0,)]
+    finally:
+        pg.drop_database(kept)
