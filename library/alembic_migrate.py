@@ -280,7 +280,6 @@ from ansible.module_utils.pgmigrate_alembic import (
     is_ancestor,
     lock_schedule,
     ordered_path,
-    parse_duration_ms,
     python_executable,
     run_alembic,
 )
@@ -292,6 +291,7 @@ from ansible.module_utils.pgmigrate import (
     ensure_ops_schema,
     libpq_env,
     ops_schema_exists,
+    parse_duration_ms,
     psycopg2,
     resolve_table,
     sql,

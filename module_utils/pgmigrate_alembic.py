@@ -22,14 +22,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import threading
 
-DURATION_RE = re.compile(r"^\s*(\d+)\s*(ms|s|min|h)?\s*$")
-_UNIT_MS = {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, None: 1}
 LOCK_NOT_AVAILABLE = "55P03"
 QUERY_CANCELED = "57014"
 
@@ -158,14 +155,6 @@ def main():
 
 main()
 '''
-
-
-def parse_duration_ms(value: str) -> int:
-    """'2s' -> 2000, '500ms' -> 500, '5min' -> 300000, '0' -> 0.  ValueError when malformed."""
-    match = DURATION_RE.match(str(value))
-    if not match:
-        raise ValueError(f"{value!r} is not a duration; use e.g. 500ms, 2s, 5min, 1h or 0")
-    return int(match.group(1)) * _UNIT_MS[match.group(2)]
 
 
 def format_ms(ms: int) -> str:

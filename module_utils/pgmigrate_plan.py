@@ -15,11 +15,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ansible.module_utils.pgmigrate import DURATION_PATTERN
 from ansible.module_utils.pgmigrate_holds import HOLD_KINDS, required_holds_problems
 from ansible.module_utils.pgmigrate_sql import plan_sql_errors
 
 VERSION_RE = r"^\d+\.\d+\.\d+([-.+][0-9A-Za-z.-]+)?$"
-DURATION_RE = r"^\d+(ms|s|min|h)$"
+DURATION_RE = DURATION_PATTERN  # the one duration grammar (module_utils/pgmigrate.py): '0' is no limit
 NAME_RE = r"^[a-z][a-z0-9_]{0,62}$"
 
 # Field spec keys: type (str|int|float|bool|number|dict|list|any), required, choices,

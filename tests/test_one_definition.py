@@ -47,6 +47,28 @@ def test_pg_batch_update_defaults_have_one_definition():
     assert engine["hold_poll_s"] == 5.0
 
 
+def test_one_duration_grammar_for_plans_and_modules():
+    """The plan's lock/statement timeouts and alembic_migrate's read durations alike ('0' was refused by the plan
+    and taken by the module)."""
+    import re
+
+    from ansible.module_utils.pgmigrate import parse_duration_ms
+    from ansible.module_utils.pgmigrate_plan import BACKFILL_SPEC, PLAN_SPEC
+
+    patterns = {BACKFILL_SPEC["fields"]["lock_timeout"]["pattern"],
+                PLAN_SPEC["fields"]["schema"]["fields"]["statement_timeout"]["pattern"]}
+    for sample, ms in (("0", 0), ("500ms", 500), ("2s", 2000), ("5min", 300_000), ("1h", 3_600_000), ("250", 250)):
+        assert parse_duration_ms(sample) == ms
+        assert all(re.match(p, sample) for p in patterns), sample
+    for bad in ("2 sec", "-1s", "1.5s", "s", ""):
+        assert not any(re.match(p, bad) for p in patterns), bad
+        try:
+            parse_duration_ms(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad!r} parsed")
+
+
 def defined_in(function: str) -> list[str]:
     """Files of library/ and module_utils/ that define ``function``."""
     return sorted(str(p.relative_to(ROOT)) for folder in ("library", "module_utils")
