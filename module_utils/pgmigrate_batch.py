@@ -1181,7 +1181,8 @@ class Backfill:
             raise BackfillError(getattr(error, "msg", str(error)), **result)
         verb = "resumed and finished" if resumed else "finished"
         result["msg"] = (f"backfill {spec.name} {verb}: {progress.rows_updated} row(s) updated, "
-                         f"{progress.rows_done} scanned in {progress.batches} batch(es), {result['duration_s']} s, "
+                         f"{progress.rows_done} scanned in {progress.batches} batch(es), {result['duration_s']} s "
+                         f"({result['rows_per_s']:,.0f} rows/s measured), "
                          f"{progress.retries} retr{'y' if progress.retries == 1 else 'ies'}, {progress.holds} hold(s)")
         return result
 

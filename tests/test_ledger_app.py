@@ -208,3 +208,42 @@ def test_cycle_checks_the_alembic_dir_before_creating_anything(pg, ledger_db, le
         assert query(pg, kept, "SELECT count(*) FROM inspect_me") == [(0,)]
     finally:
         pg.drop_database(kept)
+
+
+def test_the_whole_flow_runs_on_the_ledger_app(pg, ledger_db, ledger_venv, tmp_path):
+    """migrate.yml on the second application: plan, backup (proven and rehearsed on the copy with the app's
+    Python and settings), schema, data (a SQL backfill over a composite key, a Python one over a text key),
+    validate and report; check mode first changes nothing and shows the SQL."""
+    from test_migrate_flow import flow_vars
+
+    variables = {**flow_vars(pg, ledger_db, tmp_path), **ledger_vars(pg, ledger_db, ledger_venv)}
+    before = snapshot(pg, ledger_db)
+    check = run_playbook("migrate.yml", tmp_path, variables, "--check", "--diff")
+    assert check.rc == 0, check.output[-3000:]
+    assert "ALTER TABLE entries ADD COLUMN amount NUMERIC(14, 2)" in check.output
+    assert snapshot(pg, ledger_db) == before
+
+    res = run_playbook("migrate.yml", tmp_path, variables)
+    assert res.rc == 0, res.output[-5000:]
+    assert pg.password not in res.output
+    assert revision(pg, ledger_db) == "l2_amounts"
+    assert query(pg, ledger_db, "SELECT count(*), count(amount) FROM entries") == [
+        (ACCOUNTS * ENTRIES_PER_ACCOUNT, ACCOUNTS * ENTRIES_PER_ACCOUNT)]
+    assert query(pg, ledger_db, "SELECT count(*) FROM entries WHERE amount * 100 <> amount_cents") == [(0,)]
+    assert query(pg, ledger_db, "SELECT label FROM accounts WHERE code = 'acc-001'") == [("ACC-001 - Account 1 (USD)",)]
+    assert query(pg, ledger_db, "SELECT count(*) FROM accounts WHERE label IS NULL") == [(0,)]
+    assert query(pg, ledger_db, "SELECT status, from_revision, to_revision FROM migration_ops.runs") == [
+        ("succeeded", "l1_base", "l2_amounts")]
+    reports = list((tmp_path / "reports").rglob("migration_report_*-run1.md"))
+    assert reports, "no report was written"
+    assert "entries_amount" in reports[0].read_text()
+    out = " ".join(res.output.split())
+    # What an operator follows: the backup's proof, each backfill's end with its measured rate, the outcome.
+    assert "Backup verified: " in out and "counts and checksums equal the manifest" in out
+    assert "done: 200 of ~200 rows (100.0 %)" in out and "ETA ? s" not in out
+    assert "rows/s measured" in out
+    total = ACCOUNTS * ENTRIES_PER_ACCOUNT + ACCOUNTS
+    for line in ("Migration 1.0.0 -> 2.0.0 (run #1): succeeded", "Schema: l1_base -> l2_amounts",
+                 f"Data: {total:,} row(s) backfilled (entries_amount, accounts_label)", "Backup: proven by a restore",
+                 f"Report: {reports[0]}"):
+        assert line in out, line
