@@ -20,15 +20,21 @@ description:
     A lock timeout (SQLSTATE 55P03) is retried up to O(lock_retries) times with doubling lock timeouts (up to
     O(lock_timeout_max)) and growing pauses, like GitLab's lock retries; the last failure names the blocking
     session (pid, user, application, state, query) seen in C(pg_stat_activity) through C(pg_blocking_pids).
-  - Alembic runs in a child process of the module's Python with the connection in the libpq environment
+  - Alembic runs in a child process of the application's own Python (O(python), an interpreter or a virtualenv,
+    since an application pins its own SQLAlchemy and Alembic; by default the module's interpreter), with the
+    application's settings variables from O(environment) and the connection in the libpq environment
     (C(PGHOST), C(PGPASSWORD), ...), C(DATABASE_URL) and C(sqlalchemy.url) set to a bare
     C(postgresql+psycopg2://) URL, so any project whose env.py connects through one of them works and the
     password is never on a command line.
   - An env.py that ignores that connection (one that builds its own URL from the application's settings, say)
-    would migrate another database. Every connection the project opens is therefore checked before it is used;
-    its database (name and oid) and server (postmaster start time and port) must be those of O(login_db), or the run
+    would migrate another database (pass the settings that point it at O(login_db) in O(environment)). Every
+    connection the project opens is therefore checked before it is used, its database (name and oid) and server
+    (postmaster start time and port) must be those of O(login_db), or the run
     stops before any statement with a message that says env.py connects elsewhere and what to set. A run that
     Alembic reports as done while the revision of O(login_db) did not move fails with the same explanation.
+  - Errors say where they come from. A missing module (C(ModuleNotFoundError) or any C(ImportError)) names the
+    Python to install it into, an error of env.py or of the application's settings it loads names O(environment),
+    and only an error inside a revision script says to fix the migration script.
   - With O(sql_files) instead of O(project_dir), applies raw SQL migration files (runbook 3.1.2) in ONE
     transaction under the same timeouts and retries; an error rolls every file back. Applied files are recorded
     with their SHA-256 in C(<ops_schema>.sql_migrations), so a second run skips them and an applied file that
@@ -40,7 +46,9 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Runs nothing; returns the SQL Alembic would run (its offline mode) as RV(sql) and as the diff.
+    details:
+      - Runs nothing; returns the SQL Alembic would run (its offline mode) as RV(sql) and as the diff.
+      - Fails, as the real run would, when env.py cannot load or the SQL cannot be rendered.
   diff_mode:
     support: full
     details: The SQL that runs or would run, as C(prepared).
@@ -75,6 +83,19 @@ options:
         anything runs, for example a plan for 1.0.0 to 2.0.0 run against a database at another revision.
     type: list
     elements: str
+  python:
+    description:
+      - The Python that runs the application's Alembic and env.py, with the application's own SQLAlchemy,
+        Alembic and requirements installed; an interpreter or a virtualenv directory (its C(bin/python)).
+      - Unset means the interpreter that runs this module (C(ansible_python_interpreter)).
+    type: path
+  environment:
+    description:
+      - Environment variables the application's env.py needs (its settings variables), set for the Alembic
+        process only, never in ansible-playbook's own environment. Values are treated as secrets (no_log).
+      - The connection variables the module sets (C(PG*), C(DATABASE_URL)) take precedence over these.
+    type: dict
+    default: {}
   x_args:
     description: Values passed to env.py as C(-x name=value) (C(context.get_x_argument)).
     type: dict
@@ -145,6 +166,15 @@ seealso:
 '''
 
 EXAMPLES = r'''
+- name: Upgrade with the application's own virtualenv and settings
+  alembic_migrate:
+    project_dir: /srv/backend
+    python: /srv/backend/.venv
+    environment:
+      APP_ENV: production
+      APP_DB_NAME: "{{ pgmigrate_db_name }}"
+    revision: head
+
 - name: Upgrade the database to the plan's revision
   alembic_migrate:
     project_dir: "{{ pgmigrate_project_dir }}/examples/football_prediction"
@@ -250,7 +280,7 @@ from ansible.module_utils.pgmigrate_alembic import (
     is_ancestor,
     lock_schedule,
     ordered_path,
-    parse_duration_ms,
+    python_executable,
     run_alembic,
 )
 
@@ -261,11 +291,15 @@ from ansible.module_utils.pgmigrate import (
     ensure_ops_schema,
     libpq_env,
     ops_schema_exists,
+    parse_duration_ms,
     psycopg2,
     resolve_table,
     sql,
 )
 
+# Variables that carry the module's own connection: O(environment) never overrides them.
+CONNECTION_VARS = frozenset(("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSSLMODE", "PGSSLROOTCERT",
+                             "PGCONNECT_TIMEOUT", "PGPASSFILE", "PGSERVICE", "DATABASE_URL"))
 RELATIVE_RE = re.compile(r"^([+-])(\d+)$")
 TRANSACTION_RE = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|START\s+TRANSACTION|END)\s*;", re.IGNORECASE | re.MULTILINE)
 
@@ -285,6 +319,16 @@ class Migrator:
             module.fail_json(msg=f"bad timeout: {exc}")
         if self.p["lock_retries"] < 0 or self.p["lock_retry_pause"] < 0:
             module.fail_json(msg="lock_retries and lock_retry_pause must not be negative")
+        try:
+            self.python = python_executable(self.p["python"])
+        except ValueError as exc:
+            module.fail_json(msg=f"python: {exc}; give the application's Python interpreter or its virtualenv "
+                             "directory (schema_migrate_python), or leave it unset for the module's own. "
+                             "Nothing was run.")
+        bad = sorted(k for k in self.p["environment"] or {} if not k or "=" in k or "\0" in str(k))
+        if bad:
+            module.fail_json(msg=f"environment: {bad!r} are not environment variable names; fix "
+                             "schema_migrate_environment. Nothing was run.")
         self.schedule = lock_schedule(self.lock_ms, self.lock_max_ms, self.p["lock_retries"],
                                       self.p["lock_retry_pause"])
 
@@ -311,11 +355,17 @@ class Migrator:
     # -- Alembic ---------------------------------------------------------------------------
     def alembic_env(self, lock_ms: int) -> dict:
         env = libpq_env(self.p)
+        env.update(self.settings_env())
         options = f"-c lock_timeout={lock_ms}ms -c statement_timeout={self.statement_ms}ms"
         env["PGOPTIONS"] = (env.get("PGOPTIONS", "") + " " + options).strip()
         env["PGAPPNAME"] = self.application_name
         env["DATABASE_URL"] = self.url()
         return env
+
+    def settings_env(self) -> dict:
+        """The application's settings variables, without those that carry the module's connection."""
+        return {str(k): "" if v is None else str(v) for k, v in (self.p["environment"] or {}).items()
+                if str(k) not in CONNECTION_VARS}
 
     def url(self) -> str:
         return f"{self.p['sqlalchemy_driver']}://"
@@ -328,7 +378,8 @@ class Migrator:
     def run(self, request: dict, lock_ms: int) -> dict:
         if request["op"] != "inspect" and not request.get("sql"):
             request.update(expect_database=self.identity, identity_sql=IDENTITY_SQL)
-        return run_alembic(request, self.alembic_env(lock_ms), self.project_dir, self.p["timeout"] or None)
+        return run_alembic(request, self.alembic_env(lock_ms), self.project_dir, self.p["timeout"] or None,
+                           python=self.python)
 
     def check_project(self) -> None:
         project = self.p["project_dir"]
@@ -345,16 +396,34 @@ class Migrator:
     def load_revisions(self) -> list[dict]:
         answer = self.run(self.request("inspect"), self.lock_ms)
         if not answer.get("ok"):
-            if answer.get("error_type") == "ImportError":
-                self.fail(f"{answer['error']}: install alembic (and the project's own requirements) for the "
-                          "Python that runs this module (ansible_python_interpreter)")
-            self.fail(f"cannot load the Alembic project {self.config_path} ({answer.get('error_type')}): "
-                      f"{clean_error(answer.get('error'))}. Fix the project (a broken revision script?) before "
-                      "migrating; nothing was run.", log=answer.get("log"))
+            self.fail(f"cannot load the Alembic project {self.config_path}: " + self.explain(answer)
+                      + " Nothing was run.", log=answer.get("log"))
         revisions = answer["revisions"]
         if not revisions:
             self.fail(f"the Alembic project {self.config_path} has no revisions")
         return revisions
+
+    def explain(self, answer: dict) -> str:
+        """The error of the Alembic child and what to do about it, by where it came from."""
+        error = clean_error(answer.get("error"))
+        kind = answer.get("error_type")
+        if answer.get("import_error") or kind == "ImportError":
+            missing = answer.get("missing_module") or "a module"
+            return (f"{kind}: {error}. {missing} is not installed for {self.python}, the Python that runs the "
+                    "application's Alembic: install the application's requirements (alembic, SQLAlchemy and "
+                    "what env.py imports) into it, or point python (schema_migrate_python) at the application's "
+                    "virtualenv.")
+        if answer.get("stage") == "settings":
+            return (f"the application's settings did not load ({kind}): {error}. env.py reads them from its "
+                    "environment: pass the settings variables in environment (schema_migrate_environment); the "
+                    "migration scripts were not run.")
+        if answer.get("stage") == "env":
+            return (f"the project's env.py failed ({kind}): {error}. That is the project's environment (env.py and "
+                    "the settings or application code it imports), not a migration script: check the variables it "
+                    "reads (schema_migrate_environment) and its imports.")
+        if answer.get("stage") == "migration":
+            return f"a revision script failed ({kind}): {error}. Fix the migration script and run again."
+        return f"{kind}: {error}."
 
     def database_identity(self) -> dict:
         """Who login_db is (name and oid; server by postmaster start time and port): what every
@@ -429,14 +498,14 @@ class Migrator:
                   f"{known}. Nothing was run.")
         return None
 
-    def render(self, command: str, current: str | None, target: str | None) -> tuple[str | None, str | None]:
+    def render(self, command: str, current: str | None, target: str | None) -> tuple[str | None, dict | None]:
         start = current or ("base" if command == "downgrade" else None)
         end = target or "base"
         spec = f"{start}:{end}" if start else end
         answer = self.run(self.request(command, target=spec, sql=True), self.lock_ms)
         if answer.get("ok"):
             return answer.get("sql", ""), None
-        return None, clean_error(answer.get("error"))
+        return None, answer
 
     def migrate(self) -> dict:
         self.check_project()
@@ -474,15 +543,16 @@ class Migrator:
             rendered, render_error = self.render(command, current, target)
         result = dict(base, changed=True, to_revision=target, direction=command, revisions_applied=applied,
                       sql=rendered or "")
-        warnings = []
+        if render_error and self.module.check_mode:
+            self.fail(f"check mode could not render the SQL of {command} {current or 'base'} -> {target or 'base'} "
+                      f"(Alembic offline mode runs env.py): {self.explain(render_error)} The real run would fail "
+                      "the same way. Nothing was run.", **base)
         if render_error:
-            warnings.append(f"Alembic could not render the SQL offline: {render_error}")
+            self.module.warn(f"Alembic could not render the SQL offline: {self.explain(render_error)}")
         if self.module.check_mode:
             result.update(attempts=0, attempt_log=[], duration_s=self.duration(), log=[],
-                          diff={"prepared": rendered or f"-- offline rendering failed: {render_error}"},
+                          diff={"prepared": rendered},
                           msg=f"would {command} {current or 'base'} -> {target or 'base'}")
-            if warnings:
-                result["warnings"] = warnings
             return result
         answer = self.run_with_retries(command, target, current)
         after = self.current_revision()
@@ -494,8 +564,6 @@ class Migrator:
         result.update(attempts=len(self.attempt_log), attempt_log=self.attempt_log, duration_s=self.duration(),
                       log=answer.get("log", []), diff={"prepared": rendered or ""},
                       msg=f"{command} {current or 'base'} -> {target or 'base'}")
-        if warnings:
-            result["warnings"] = warnings
         return result
 
     def run_with_retries(self, command: str, target: str | None, current: str | None) -> dict:
@@ -534,8 +602,7 @@ class Migrator:
                 self.fail(f"alembic {command} to {target or 'base'} was cancelled by statement_timeout "
                           f"({format_ms(self.statement_ms)}): {entry['error']}. {where} Raise statement_timeout "
                           "(the plan's schema.statement_timeout) or make the migration cheaper.", **extra)
-            self.fail(f"alembic {command} to {target or 'base'} failed ({answer.get('error_type')}): "
-                      f"{entry['error']}. {where} Fix the migration script and run again.", **extra)
+            self.fail(f"alembic {command} to {target or 'base'} failed: {self.explain(answer)} {where}", **extra)
         return {}
 
     # -- raw SQL files ---------------------------------------------------------------------
@@ -662,6 +729,8 @@ def main() -> None:
         revision=dict(type="str", default="head"),
         allow_downgrade=dict(type="bool", default=False),
         expect_current=dict(type="list", elements="str"),
+        python=dict(type="path"),
+        environment=dict(type="dict", default={}, no_log=True),
         x_args=dict(type="dict", default={}),
         lock_timeout=dict(type="str", default="2s"),
         lock_timeout_max=dict(type="str", default="10s"),

@@ -64,13 +64,27 @@ options:
     type: str
     default: localhost
   smtp_port:
-    description: SMTP port.
+    description:
+      - SMTP port; V(0) means the port of O(smtp_security) (587 for V(starttls), 465 for V(tls), 25 for V(plain)).
     type: int
-    default: 25
-  smtp_starttls:
-    description: Use STARTTLS before sending.
+    default: 0
+  smtp_security:
+    description:
+      - How the mail is protected. V(starttls) (the default) upgrades the connection with STARTTLS and does not send
+        when the server does not offer it; V(tls) connects with TLS from the start (SMTPS); V(plain) sends in clear
+        text, an explicit choice for a relay on loopback or a trusted network.
+    type: str
+    choices: [starttls, tls, plain]
+    default: starttls
+  smtp_validate_certs:
+    description:
+      - Verify the server's certificate and host name with TLS (the system's CAs, or O(smtp_ca_file)). V(false) only
+        for a test relay with a self-signed certificate.
     type: bool
-    default: false
+    default: true
+  smtp_ca_file:
+    description: CA bundle (PEM) that signed the SMTP server's certificate, instead of the system's CAs.
+    type: path
   smtp_username:
     description: SMTP login (with O(smtp_password)).
     type: str
@@ -102,6 +116,7 @@ EXAMPLES = r'''
     webhook_url: "{{ report_notify_webhook_url }}"
     email_to: "{{ report_notify_email_to }}"
     smtp_host: "{{ report_notify_smtp_host }}"
+    smtp_security: starttls
     redact: ["{{ pgmigrate_db_password }}"]
 '''
 
@@ -123,6 +138,7 @@ delivered:
 
 import json
 import smtplib
+import ssl
 import urllib.error
 import urllib.request
 from email.message import EmailMessage
@@ -177,16 +193,42 @@ def send_mail(p: dict, subject: str, text: str) -> str | None:
     message["From"] = p["email_from"]
     message["To"] = ", ".join(p["email_to"])
     message.set_content(text)
+    security = p["smtp_security"]
+    port = p["smtp_port"] or SMTP_PORTS[security]
+    context = tls_context(p) if security != "plain" else None
     try:
-        with smtplib.SMTP(p["smtp_host"], p["smtp_port"], timeout=p["timeout"]) as smtp:
-            if p["smtp_starttls"]:
-                smtp.starttls()
+        if security == "tls":
+            client = smtplib.SMTP_SSL(p["smtp_host"], port, timeout=p["timeout"], context=context)
+        else:
+            client = smtplib.SMTP(p["smtp_host"], port, timeout=p["timeout"])
+        with client as smtp:
+            if security == "starttls":
+                smtp.starttls(context=context)
             if p["smtp_username"]:
                 smtp.login(p["smtp_username"], p["smtp_password"] or "")
             smtp.send_message(message)
+    except smtplib.SMTPNotSupportedError as exc:
+        return (f"{type(exc).__name__}: {exc}; the server {p['smtp_host']}:{port} does not offer STARTTLS: use "
+                "smtp_security tls (report_notify_smtp_security) for SMTPS, or plain to send in clear text on a "
+                "trusted network")
+    except ssl.SSLError as exc:
+        return (f"{type(exc).__name__}: {exc}; the TLS connection to {p['smtp_host']}:{port} was refused: give the CA "
+                "that signed its certificate in smtp_ca_file (report_notify_smtp_ca_file)")
     except (smtplib.SMTPException, OSError) as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+SMTP_PORTS = {"starttls": 587, "tls": 465, "plain": 25}
+
+
+def tls_context(p: dict) -> ssl.SSLContext:
+    """TLS with the server's certificate and host name verified, unless smtp_validate_certs is false."""
+    context = ssl.create_default_context(cafile=p["smtp_ca_file"] or None)
+    if not p["smtp_validate_certs"]:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def main() -> None:
@@ -202,8 +244,10 @@ def main() -> None:
             email_to=dict(type="list", elements="str", default=[]),
             email_from=dict(type="str", default="pgmigrate-ops@localhost"),
             smtp_host=dict(type="str", default="localhost"),
-            smtp_port=dict(type="int", default=25),
-            smtp_starttls=dict(type="bool", default=False),
+            smtp_port=dict(type="int", default=0),
+            smtp_security=dict(type="str", default="starttls", choices=["starttls", "tls", "plain"]),
+            smtp_validate_certs=dict(type="bool", default=True),
+            smtp_ca_file=dict(type="path"),
             smtp_username=dict(type="str"),
             smtp_password=dict(type="str", no_log=True),
             redact=dict(type="list", elements="str", default=[], no_log=True),

@@ -17,6 +17,8 @@ description:
   - Appends the run's line to O(docs_dir)/MIGRATION_HISTORY.md (once per run; a second report of the same run
     replaces its line) and regenerates O(docs_dir)/DATA_MODEL.md from the live catalog (runbook 7.1.1).
   - Files whose content would not change are not written (C(changed) is truthful).
+  - The file names carry the date and the run (C(<YYYYMMDD>-run<id>)), so two runs of the same day never overwrite
+    each other's report; a second report of the same run rewrites its own files.
 version_added: "1.0.0"
 author: pgmigrate-ops contributors
 extends_documentation_fragment:
@@ -67,7 +69,8 @@ options:
     description: Directory of the backfill's progress files (C(backfill-<name>.jsonl)) for the chart.
     type: path
   date:
-    description: Date in the file names, C(YYYYMMDD). Unset means today (UTC).
+    description: Date in the file names, C(YYYYMMDD), followed by C(-run<id>) when the run is known. Unset means today
+      (UTC).
     type: str
   data_model:
     description: Regenerate C(DATA_MODEL.md) from the live catalog.
@@ -485,10 +488,12 @@ def main() -> None:
     summary = summarise(p, run, validation, passes, runs, revision)
     generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     base = os.path.join(p["report_dir"], p["version"])
-    files = {"validation_txt": os.path.join(base, f"migration_validation_{date}.txt"),
-             "validation_json": os.path.join(base, f"migration_validation_{date}.json"),
-             "report_md": os.path.join(base, f"migration_report_{date}.md"),
-             "chart_svg": os.path.join(base, f"migration_report_{date}.svg")}
+    run_id = run.get("id") or p["run_id"]
+    stamp = f"{date}-run{run_id}" if run_id else date  # same-day runs never overwrite each other's report
+    files = {"validation_txt": os.path.join(base, f"migration_validation_{stamp}.txt"),
+             "validation_json": os.path.join(base, f"migration_validation_{stamp}.json"),
+             "report_md": os.path.join(base, f"migration_report_{stamp}.md"),
+             "chart_svg": os.path.join(base, f"migration_report_{stamp}.svg")}
     written: list[str] = []
     write_if_changed(module, files["validation_txt"], validation_text(summary, validation, generated), written)
     document = {"generated_at": generated, "database": dbname, "summary": summary, "validation": validation}

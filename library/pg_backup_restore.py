@@ -124,6 +124,7 @@ from ansible.module_utils.pgmigrate_backup import (
     BackupError,
     check_files,
     compare_fingerprints,
+    drop_database,
     find_tool,
     fingerprint_tables,
     list_tables,
@@ -151,13 +152,6 @@ def describe_sessions(sessions: list[dict]) -> str:
 def database_exists(cur, db: str) -> bool:
     cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,))
     return cur.fetchone() is not None
-
-
-def drop_database(cur, name: str) -> None:
-    try:
-        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-    except Exception:
-        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
 
 
 class Restore:

@@ -144,6 +144,7 @@ from ansible.module_utils.pgmigrate_backup import (
     BackupError,
     check_files,
     compare_fingerprints,
+    drop_database,
     find_tool,
     fingerprint_tables,
     list_tables,
@@ -233,7 +234,7 @@ class Verification:
             if created and proven and self.p["keep_scratch"]:
                 self.result["scratch_kept"] = True
             elif created:
-                self.result["scratch_dropped"] = drop_database(admin, name)
+                self.result["scratch_dropped"] = drop_scratch(admin, name)
             admin.close()
 
     def compare_tables(self, manifest: dict, name: str) -> None:
@@ -260,15 +261,13 @@ class Verification:
         self.step("tables", True, f"{len(restored)} tables, {rows} rows: counts and checksums equal the manifest")
 
 
-def drop_database(admin, name: str) -> bool:
-    with admin.cursor() as cur:
-        try:
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        except Exception:
-            try:  # servers before 13 have no FORCE
-                cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-            except Exception:
-                return False
+def drop_scratch(admin, name: str) -> bool:
+    """Drop the scratch database; False (never an exception) when it cannot be dropped."""
+    try:
+        with admin.cursor() as cur:
+            drop_database(cur, name)
+    except Exception:
+        return False
     return True
 
 

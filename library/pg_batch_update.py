@@ -359,7 +359,14 @@ from ansible.module_utils.pgmigrate import (
     connect,
     connection_argument_spec,
 )
-from ansible.module_utils.pgmigrate_batch import Backfill, BackfillError, Spec, read_checkpoints, summarise_checkpoints
+from ansible.module_utils.pgmigrate_batch import (
+    Backfill,
+    BackfillError,
+    Spec,
+    read_checkpoints,
+    spec_defaults,
+    summarise_checkpoints,
+)
 from ansible.module_utils.pgmigrate_owner import find_owner_pid, hostname, process_start
 from ansible.module_utils.pgmigrate_sql import HAS_PGLAST, PGLAST_IMP_ERR, backfill_fragments, check_errors
 
@@ -373,6 +380,7 @@ SPEC_OPTIONS = ("name", "table", "key", "set", "python", "python_path", "columns
 
 
 def argument_spec() -> dict:
+    defaults = spec_defaults()  # one definition of the backfill's defaults: pgmigrate_batch.Spec
     spec = connection_argument_spec()
     spec.update(
         name=dict(type="str", required=True),
@@ -380,7 +388,7 @@ def argument_spec() -> dict:
         key=dict(type="list", elements="str"),
         set=dict(type="dict"),
         python=dict(type="str"),
-        python_path=dict(type="list", elements="path", default=[]),
+        python_path=dict(type="list", elements="path", default=defaults["python_path"]),
         columns=dict(type="list", elements="str"),
         read_columns=dict(type="list", elements="str"),
         where=dict(type="str"),
@@ -389,32 +397,32 @@ def argument_spec() -> dict:
             hours=dict(type="float"),
             since_last_run=dict(type="bool", default=False),
             overlap_s=dict(type="float", default=0.0))),
-        batch_size=dict(type="int", default=10000),
-        min_batch_size=dict(type="int", default=100),
-        max_batch_size=dict(type="int", default=100000),
-        target_batch_ms=dict(type="int", default=100),
-        pause_ms=dict(type="int", default=0),
-        lock_timeout=dict(type="str", default="2s"),
-        statement_timeout=dict(type="str", default="1min"),
-        max_retries=dict(type="int", default=10),
-        workers=dict(type="int", default=1),
+        batch_size=dict(type="int", default=defaults["batch_size"]),
+        min_batch_size=dict(type="int", default=defaults["min_batch_size"]),
+        max_batch_size=dict(type="int", default=defaults["max_batch_size"]),
+        target_batch_ms=dict(type="int", default=defaults["target_batch_ms"]),
+        pause_ms=dict(type="int", default=defaults["pause_ms"]),
+        lock_timeout=dict(type="str", default=defaults["lock_timeout"]),
+        statement_timeout=dict(type="str", default=defaults["statement_timeout"]),
+        max_retries=dict(type="int", default=defaults["max_retries"]),
+        workers=dict(type="int", default=defaults["workers"]),
         max_replication_lag_s=dict(type="float"),
-        hold_on_autovacuum=dict(type="bool", default=False),
+        hold_on_autovacuum=dict(type="bool", default=defaults["hold_on_autovacuum"]),
         max_archive_backlog=dict(type="int"),
-        required_holds=dict(type="list", elements="str", default=[],
+        required_holds=dict(type="list", elements="str", default=defaults["required_holds"],
                             choices=["replication_lag", "vacuum", "archive_backlog"]),
-        hold_poll_s=dict(type="float", default=5.0),
-        max_hold_s=dict(type="float", default=1800.0),
+        hold_poll_s=dict(type="float", default=defaults["hold_poll_s"]),
+        max_hold_s=dict(type="float", default=defaults["max_hold_s"]),
         progress_file=dict(type="path"),
         metrics_file=dict(type="path"),
-        progress_interval_s=dict(type="float", default=1.0),
+        progress_interval_s=dict(type="float", default=defaults["progress_interval_s"]),
         run_id=dict(type="int"),
         controller_pid=dict(type="int"),
         controller_pid_start=dict(type="str"),
         controller_host=dict(type="str"),
         progress_token=dict(type="str", no_log=False),
-        restart=dict(type="bool", default=False),
-        check_count_limit=dict(type="int", default=5_000_000),
+        restart=dict(type="bool", default=defaults["restart"]),
+        check_count_limit=dict(type="int", default=defaults["check_count_limit"]),
         schema_ready=dict(type="bool", default=False),
     )
     return spec

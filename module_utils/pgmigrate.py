@@ -26,6 +26,21 @@ except ImportError:  # pragma: no cover - exercised only without the library
     HAS_PSYCOPG2 = False
     PSYCOPG2_IMP_ERR = traceback.format_exc()
 
+# The one duration grammar of the tool (plan fields, lock and statement timeouts): an integer with an optional
+# unit ms, s, min or h; a bare number is milliseconds, as PostgreSQL reads it, and 0 means no limit.
+DURATION_PATTERN = r"^\s*(\d+)\s*(ms|s|min|h)?\s*$"
+DURATION_RE = re.compile(DURATION_PATTERN)
+_UNIT_MS = {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, None: 1}
+
+
+def parse_duration_ms(value: str) -> int:
+    """'2s' -> 2000, '500ms' -> 500, '5min' -> 300000, '0' -> 0.  ValueError when malformed."""
+    match = DURATION_RE.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a duration; use e.g. 500ms, 2s, 5min, 1h or 0")
+    return int(match.group(1)) * _UNIT_MS[match.group(2)]
+
+
 DEFAULT_OPS_SCHEMA = "migration_ops"
 OPS_SCHEMA_VERSION = 1
 # application_name of every database session that works for a run: "pgmigrate-ops run <id> <what>".

@@ -3,7 +3,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Shared code of the alembic_migrate module: durations, the Alembic runner, the lock watcher.
 
-Alembic runs in a child process of the module's own Python (``python -c RUNNER``), never
+Alembic runs in a child process (``python -c RUNNER``) of the application's own Python (the
+``python`` option: an interpreter or a virtualenv; the module's own interpreter by default), never
 inside the module: a project's env.py may configure logging, print to stdout or exit, and
 none of that may corrupt the module's JSON answer.  The runner speaks JSON through files;
 the connection reaches it only through the libpq environment (PGHOST, PGPASSWORD, ...),
@@ -21,14 +22,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import threading
 
-DURATION_RE = re.compile(r"^\s*(\d+)\s*(ms|s|min|h)?\s*$")
-_UNIT_MS = {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, None: 1}
 LOCK_NOT_AVAILABLE = "55P03"
 QUERY_CANCELED = "57014"
 
@@ -82,24 +80,52 @@ def guard_connections(expect, identity_sql, seen):
 
     event.listen(Engine, "connect", check, insert=True)
 
+def stage_of(exc, project_dir):
+    """Where the error came from: 'migration' (a revision script), 'env' (env.py, or the application
+    code and settings it imports) or 'alembic' (nothing of the project's on the stack)."""
+    import os
+    project_dir = os.path.realpath(project_dir) + os.sep if project_dir else None
+    stage = "alembic"
+    tb = exc.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        name = os.path.realpath(name) if os.path.isabs(name) else ""
+        if project_dir and name.startswith(project_dir):
+            stage = "env" if os.path.basename(name) == "env.py" else "migration"
+        tb = tb.tb_next
+    return stage
+
+def describe_exception(exc, script_dir):
+    info = {"error": ("%s" % exc).strip() or type(exc).__name__, "error_type": type(exc).__name__,
+            "sqlstate": sqlstate_of(exc), "traceback": traceback.format_exc()[-4000:],
+            "stage": stage_of(exc, script_dir), "import_error": isinstance(exc, ImportError)}
+    if isinstance(exc, ImportError):
+        info["missing_module"] = getattr(exc, "name", None)
+    if info["stage"] == "env" and (type(exc).__name__ == "ValidationError" or isinstance(exc, KeyError)):
+        info["stage"] = "settings"
+    return info
+
 def main():
     req = json.load(open(sys.argv[1]))
     seen = []
-    answer = {"ok": False}
+    answer = {"ok": False, "python": sys.executable}
     try:
         from alembic import command
         from alembic.config import Config
         from alembic.script import ScriptDirectory
     except ImportError as exc:
-        answer.update(error="cannot import alembic: %s" % exc, error_type="ImportError")
+        answer.update(error="cannot import alembic: %s" % exc, error_type=type(exc).__name__, import_error=True,
+                      missing_module=getattr(exc, "name", None) or "alembic", stage="alembic")
         json.dump(answer, open(sys.argv[2], "w"))
         return
+    script_dir = None
     try:
         buf = io.StringIO()
         cfg = Config(req["config"], ini_section=req["ini_section"], output_buffer=buf,
                      cmd_opts=argparse.Namespace(x=req.get("x", []), raiseerr=True))
         if req.get("url"):
             cfg.set_main_option("sqlalchemy.url", req["url"])
+        script_dir = cfg.get_main_option("script_location")
         if req["op"] == "inspect":
             script = ScriptDirectory.from_config(cfg)
             revs = []
@@ -117,8 +143,7 @@ def main():
             fn(cfg, req["target"], sql=req.get("sql", False))
             answer.update(ok=True, sql=buf.getvalue())
     except BaseException as exc:
-        answer.update(error=("%s" % exc).strip() or type(exc).__name__, error_type=type(exc).__name__,
-                      sqlstate=sqlstate_of(exc), traceback=traceback.format_exc()[-4000:])
+        answer.update(describe_exception(exc, script_dir))
     answer["sessions"] = seen
     expect = req.get("expect_database")
     wrong = [s for s in seen if expect and any(s[k] != expect[k] for k in ("database", "oid", "started", "port"))]
@@ -130,14 +155,6 @@ def main():
 
 main()
 '''
-
-
-def parse_duration_ms(value: str) -> int:
-    """'2s' -> 2000, '500ms' -> 500, '5min' -> 300000, '0' -> 0.  ValueError when malformed."""
-    match = DURATION_RE.match(str(value))
-    if not match:
-        raise ValueError(f"{value!r} is not a duration; use e.g. 500ms, 2s, 5min, 1h or 0")
-    return int(match.group(1)) * _UNIT_MS[match.group(2)]
 
 
 def format_ms(ms: int) -> str:
@@ -158,15 +175,29 @@ def lock_schedule(base_ms: int, max_ms: int, retries: int, pause_s: float) -> li
     return schedule
 
 
-def run_alembic(request: dict, env: dict, cwd: str, timeout: float | None = None) -> dict:
-    """Run one Alembic operation in a child Python; returns the runner's answer plus its log."""
+def python_executable(python: str | None) -> str:
+    """The interpreter that runs the application's Alembic: ``python`` itself, or ``python``/bin/python
+    when it is a virtualenv directory; the module's own interpreter when unset.  ValueError when neither."""
+    if not python:
+        return sys.executable
+    path = os.path.join(python, "bin", "python") if os.path.isdir(python) else python
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        what = "a virtualenv without bin/python" if os.path.isdir(python) else "not an executable file"
+        raise ValueError(f"{python} is {what}")
+    return path
+
+
+def run_alembic(request: dict, env: dict, cwd: str, timeout: float | None = None,
+                python: str | None = None) -> dict:
+    """Run one Alembic operation in a child Python (``python``, default the module's own); returns the
+    runner's answer plus its log."""
     with tempfile.TemporaryDirectory(prefix="pgmigrate-alembic-") as tmp:
         req_path = os.path.join(tmp, "request.json")
         out_path = os.path.join(tmp, "answer.json")
         with open(req_path, "w") as fh:
             json.dump(request, fh)
         try:
-            proc = subprocess.run([sys.executable, "-c", RUNNER, req_path, out_path], cwd=cwd, env=env,
+            proc = subprocess.run([python or sys.executable, "-c", RUNNER, req_path, out_path], cwd=cwd, env=env,
                                   capture_output=True, text=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             return {"ok": False, "error": f"Alembic did not finish within {timeout}s", "error_type": "Timeout",

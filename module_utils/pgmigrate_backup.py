@@ -248,6 +248,15 @@ def ensure_private_dir(path: str) -> bool:
     return changed
 
 
+def drop_database(cur, name: str) -> None:
+    """DROP DATABASE IF EXISTS, ending its sessions (WITH (FORCE)); servers before 13 have no FORCE.  On an
+    autocommit connection (DROP DATABASE needs one); raises when the database cannot be dropped."""
+    try:
+        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    except Exception:
+        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
 def existing_parent(path: str) -> str:
     probe = os.path.abspath(path)
     while not os.path.exists(probe):

@@ -36,7 +36,7 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Callable
 
 try:
@@ -82,6 +82,9 @@ class BackfillError(Exception):
 # ---------------------------------------------------------------------------------------
 @dataclass
 class Spec:
+    """A backfill and its defaults: the one definition pg_batch_update's argument spec, the plan's preflight and
+    the benchmarks take them from."""
+
     name: str
     table: str
     key: list[str] | None = None
@@ -105,7 +108,7 @@ class Spec:
     hold_on_autovacuum: bool = False
     max_archive_backlog: int | None = None
     required_holds: list[str] = field(default_factory=list)
-    hold_poll_s: float = 1.0
+    hold_poll_s: float = 5.0
     max_hold_s: float = 1800.0
     progress_file: str | None = None
     metrics_file: str | None = None
@@ -1178,7 +1181,8 @@ class Backfill:
             raise BackfillError(getattr(error, "msg", str(error)), **result)
         verb = "resumed and finished" if resumed else "finished"
         result["msg"] = (f"backfill {spec.name} {verb}: {progress.rows_updated} row(s) updated, "
-                         f"{progress.rows_done} scanned in {progress.batches} batch(es), {result['duration_s']} s, "
+                         f"{progress.rows_done} scanned in {progress.batches} batch(es), {result['duration_s']} s "
+                         f"({result['rows_per_s']:,.0f} rows/s measured), "
                          f"{progress.retries} retr{'y' if progress.retries == 1 else 'ies'}, {progress.holds} hold(s)")
         return result
 
@@ -1480,3 +1484,14 @@ class Worker:
         tcond, tparams = self.stmts.range_cond(lo, hi, alias="t")
         cur.execute(self.stmts.python_update(tcond), tparams)
         return cur.rowcount
+
+
+def spec_defaults() -> dict:
+    """Every Spec field's default (the module's argument spec takes its defaults from here)."""
+    out = {}
+    for f in fields(Spec):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
+    return out

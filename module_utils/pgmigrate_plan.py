@@ -15,11 +15,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ansible.module_utils.pgmigrate import DURATION_PATTERN
 from ansible.module_utils.pgmigrate_holds import HOLD_KINDS, required_holds_problems
 from ansible.module_utils.pgmigrate_sql import plan_sql_errors
 
 VERSION_RE = r"^\d+\.\d+\.\d+([-.+][0-9A-Za-z.-]+)?$"
-DURATION_RE = r"^\d+(ms|s|min|h)$"
+DURATION_RE = DURATION_PATTERN  # the one duration grammar (module_utils/pgmigrate.py): '0' is no limit
 NAME_RE = r"^[a-z][a-z0-9_]{0,62}$"
 
 # Field spec keys: type (str|int|float|bool|number|dict|list|any), required, choices,
@@ -59,7 +60,8 @@ BACKFILL_SPEC = {
         "set": {"type": "dict", "values": STR, "doc": "column -> SQL expression over the current row"},
         "python": {"type": "str", "pattern": r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
                    "doc": "module.path:function transform (instead of set)"},
-        "python_path": STR,
+        "python_path": {"type": "list", "items": STR,
+                        "doc": "directories put on sys.path for the transform (relative: to the project directory)"},
         "columns": {"type": "list", "items": STR},
         "read_columns": {"type": "list", "items": STR, "doc": "columns the python transform reads (default all)"},
         "where": STR,
@@ -94,12 +96,14 @@ PLAN_SPEC: dict[str, Any] = {
         "type": {"type": "str", "required": True, "choices": ["schema", "data", "both"]},
         "title": {"type": "str", "required": True},
         "description": STR,
-        "downtime": {"type": "dict", "required": True, "fields": {
+        # A plan asks only for what it uses: downtime, contacts, affected_components, release and rollback are
+        # read only by the phases that use them (report, deploy, rollback), and each has its default there.
+        "downtime": {"type": "dict", "fields": {
             "expected": {"type": "str", "required": True, "choices": ["none", "read_only", "full"]},
             "window": STR,
             "max_minutes": {"type": "int", "min": 0},
         }},
-        "affected_components": {"type": "list", "required": True, "items": STR, "min": 1},
+        "affected_components": {"type": "list", "items": STR, "min": 1},
         "contacts": {"type": "list", "items": {"type": "dict", "fields": {
             "role": {"type": "str", "required": True}, "name": {"type": "str", "required": True},
             "email": STR, "phone": STR, "slack": STR}}},
@@ -107,12 +111,12 @@ PLAN_SPEC: dict[str, Any] = {
             "name": STR,
             "tables": {"type": "list", "items": STR, "doc": "tables the migration touches (row-count baseline)"},
         }},
-        "schema": {"type": "dict", "required": True, "fields": {
+        "schema": {"type": "dict", "fields": {
             "tool": {"type": "str", "choices": ["alembic", "sql", "none"]},
             "alembic_dir": STR,
             "alembic_config": STR,
             "from_revision": STR,
-            "revision": {"type": "str", "required": True},
+            "revision": {"type": "str", "doc": "required with tool alembic"},
             "lock_timeout": {"type": "str", "pattern": DURATION_RE},
             "statement_timeout": {"type": "str", "pattern": DURATION_RE},
             "lock_retries": {"type": "int", "min": 0},
@@ -133,7 +137,7 @@ PLAN_SPEC: dict[str, Any] = {
             "performance": {"type": "dict"},
             "test_command": STR,
         }},
-        "release": {"type": "dict", "required": True, "fields": {
+        "release": {"type": "dict", "fields": {
             "version": {"type": "str", "required": True, "pattern": VERSION_RE},
             "strategy": {"type": "str", "required": True, "choices": ["blue_green", "rolling", "none"]},
             "health_path": STR,
@@ -141,7 +145,7 @@ PLAN_SPEC: dict[str, Any] = {
             "artifact": STR,
             "instances": {"type": "int", "min": 1},
         }},
-        "rollback": {"type": "dict", "required": True, "fields": {
+        "rollback": {"type": "dict", "fields": {
             "policy": {"type": "str", "required": True, "choices": ["automatic", "manual"]},
             "restore_backup": {"type": "str", "choices": ["never", "if_data_changed", "always"]},
             "max_minutes": {"type": "int", "min": 0},
@@ -220,8 +224,14 @@ def validate_plan(plan: Any, expected_version: str | None = None) -> list[str]:
     checks = [c["name"] for c in plan.get("validation", {}).get("checks", [])]
     for dup in sorted({n for n in checks if checks.count(n) > 1}):
         errors.append(f"validation.checks: name {dup!r} is used twice")
-    schema = plan["schema"]
-    if schema.get("tool", "alembic") == "alembic" and not schema.get("alembic_dir"):
-        errors.append("schema.alembic_dir: required when schema.tool is alembic (the directory of alembic.ini)")
+    if plan["type"] in ("schema", "both") and "schema" not in plan:
+        errors.append(f"schema: required field is missing (the plan's type is {plan['type']}; a plan without a "
+                      "schema change says type: data)")
+    schema = plan.get("schema")
+    if schema is not None and schema.get("tool", "alembic") == "alembic":
+        if not schema.get("alembic_dir"):
+            errors.append("schema.alembic_dir: required when schema.tool is alembic (the directory of alembic.ini)")
+        if not schema.get("revision"):
+            errors.append("schema.revision: required when schema.tool is alembic (the revision to migrate to)")
     errors.extend(plan_sql_errors(plan))
     return errors

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -59,10 +60,18 @@ class _MailHandler:
 
 
 class SmtpReceiver:
-    def __init__(self) -> None:
+    """Without ``tls``: a plain SMTP server that offers no STARTTLS.  With ``tls`` (cert and key files): it
+    offers STARTTLS with that certificate and takes no mail before it."""
+
+    def __init__(self, tls: tuple[str, str] | None = None) -> None:
         self.mails: list[dict] = []
         self.port = free_port()
-        self.controller = Controller(_MailHandler(self.mails), hostname="127.0.0.1", port=self.port)
+        extra = {}
+        if tls:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*tls)
+            extra = {"tls_context": context, "require_starttls": True}
+        self.controller = Controller(_MailHandler(self.mails), hostname="127.0.0.1", port=self.port, **extra)
 
     def __enter__(self) -> SmtpReceiver:
         self.controller.start()

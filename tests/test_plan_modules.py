@@ -161,3 +161,50 @@ def test_preflight_refuses_plan_sql_before_connecting(pg, reference_db, tmp_path
         assert database_state(pg, reference_db) == before
         assert res.get("failed") is True
         assert "backfills[0].where:" in res["msg"] and "CREATE TABLE pwned_by_preflight" in res["msg"]
+
+
+def test_plans_ask_only_for_what_they_use(tmp_path):
+    """A data-only plan needs no schema, release, rollback, downtime or contacts; tool none needs no revision;
+    python_path is a list like pg_batch_update's; alembic still needs its directory and revision."""
+    data_only = {"plan_format": 1, "version": "3.0.0", "from_version": "2.0.0", "type": "data", "title": "Backfill",
+                 "backfills": [{"name": "fill", "table": "t", "python": "m:f", "python_path": ["lib", "/opt/x"],
+                                "columns": ["c"]}]}
+    tool_none = {**data_only, "version": "3.0.1", "type": "schema", "schema": {"tool": "none"}, "backfills": []}
+    no_revision = {**tool_none, "version": "3.0.2", "schema": {"tool": "alembic", "alembic_dir": "app"}}
+    no_schema = {**data_only, "version": "3.0.3", "type": "both"}
+    old_path = {**data_only, "version": "3.0.4",
+                "backfills": [{**data_only["backfills"][0], "python_path": "lib"}]}
+    for plan in (data_only, tool_none, no_revision, no_schema, old_path):
+        (tmp_path / f"{plan['version']}.yml").write_text(yaml.safe_dump(plan))
+    for version in ("3.0.0", "3.0.1"):
+        ok = run_module("migration_plan", {"version": version, "plan_dir": str(tmp_path)}, tmp_path)
+        assert ok.get("failed") is not True, ok.get("errors") or ok.get("msg")
+    problems = {}
+    for version in ("3.0.2", "3.0.3", "3.0.4"):
+        bad = run_module("migration_plan", {"version": version, "plan_dir": str(tmp_path)}, tmp_path)
+        assert bad.get("failed") is True
+        problems[version] = "\n".join(bad["errors"])
+    assert "schema.revision: required when schema.tool is alembic" in problems["3.0.2"]
+    assert "schema: required field is missing (the plan's type is both" in problems["3.0.3"]
+    assert "backfills[0].python_path: expected list, got str" in problems["3.0.4"]
+
+
+def test_same_day_runs_keep_their_own_reports(pg, tmp_path):
+    """Two runs of one version on one day write two reports (the second used to overwrite the first)."""
+    db = pg.create_database()
+    args = conn_args(pg, db)
+    runs = []
+    for _ in range(2):
+        run_id = run_module("migration_lock", {**args, "version": "2.0.0"}, tmp_path)["run_id"]
+        run_module("migration_lock", {**args, "state": "absent", "run_id": run_id, "run_status": "succeeded"},
+                   tmp_path)
+        runs.append(run_id)
+    reports = tmp_path / "reports"
+    written = []
+    for run_id in runs:
+        res = run_module("migration_report", {**args, "run_id": run_id, "version": "2.0.0", "plan": {"title": "t"},
+                                              "report_dir": str(reports), "date": "20261202"}, tmp_path)
+        assert res.get("failed") is not True, res.get("msg")
+        written.append(res["files"]["report_md"])
+    assert written == [str(reports / "2.0.0" / f"migration_report_20261202-run{r}.md") for r in runs]
+    assert all((reports / "2.0.0" / f"migration_report_20261202-run{r}.md").is_file() for r in runs)

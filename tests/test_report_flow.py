@@ -45,7 +45,7 @@ def test_demo_migration_writes_the_report_with_real_numbers(pg, reference_db, tm
                 pg, reference_db, tmp_path, pgmigrate_app_url=url, blue_green_enabled=False,
                 report_notify_webhook_url=hook.url(f"/services/{HOOK_TOKEN}"),
                 report_notify_email_to=["dba@example.com"], report_notify_smtp_host="127.0.0.1",
-                report_notify_smtp_port=smtp.port), "--skip-tags", "backup")
+                report_notify_smtp_port=smtp.port, report_notify_smtp_security="plain"), "--skip-tags", "backup")
             assert res.rc == 0, res.output[-6000:]
             posts, mails = list(hook.posts), list(smtp.mails)
     finally:
