@@ -23,7 +23,8 @@ from pathlib import Path
 import docker
 import pytest
 from conftest import ROOT, run_playbook
-from docker_helpers import build_wheel, dockerd
+from deploy_helpers import build_release
+from docker_helpers import dockerd
 
 PLAYBOOK = ROOT / "tests" / "playbooks" / "docker_runtime.yml"
 import pgcluster  # noqa: E402  (tools/ is on sys.path through conftest)
@@ -65,9 +66,9 @@ def app_db(pg, reference_template):
 
 @pytest.fixture(scope="module")
 def releases(tmp_path_factory):
-    """Wheels of releases 1.0.0 and 2.0.0 (the lead switches this to scripts/build-release.sh)."""
+    """The real wheels of releases 1.0.0 and 2.0.0 (scripts/build-release.sh, interface (b))."""
     out = tmp_path_factory.mktemp("releases")
-    return {version: build_wheel(version, out) for version in ("1.0.0", "2.0.0")}
+    return {version: build_release(version, out) for version in ("1.0.0", "2.0.0")}
 
 
 class Target:

@@ -5,10 +5,12 @@ skips `bootstrap` (make -o bootstrap), which would otherwise install requirement
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pgcluster
@@ -34,8 +36,7 @@ def test_make_demo_from_a_clone_in_a_0700_home_migrates_the_cluster_on_its_port(
     pg_port, app_port = pgcluster.free_port(), pgcluster.free_port()
     state = None
     try:
-        res = make(clone, "demo", f"PG_PORT={pg_port}", f"APP_PORT={app_port}", "PREDICTIONS=300",
-                   f"DEMO_ARGS=-e pgmigrate_app_url=http://127.0.0.1:{app_port}")
+        res = make(clone, "demo", f"PG_PORT={pg_port}", f"APP_PROXY_PORT={app_port}", "PREDICTIONS=300")
         state = (clone / ".state").resolve()
         assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
         # The cluster lives outside the checkout, keyed by it; the home was not opened up.
@@ -55,6 +56,10 @@ def test_make_demo_from_a_clone_in_a_0700_home_migrates_the_cluster_on_its_port(
             cur.execute("SELECT kind, version, status FROM migration_ops.runs")
             assert cur.fetchall() == [("migrate", "2.0.0", "succeeded")]
         conn.close()
+        # Release 2.0.0 is live through nginx on APP_PROXY_PORT (1.0.0 was before the migration).
+        with urllib.request.urlopen(f"http://127.0.0.1:{app_port}/health", timeout=10) as resp:
+            health = json.loads(resp.read())
+        assert health["version"] == "2.0.0" and health["db_revision"] == "v2_0_0", health
         # A second make (no PG_PORT given) finds the same port.
         status = subprocess.run([str(VENV_BIN / "python"), "tools/pgcluster.py", "status", "--dir", ".state/pg"],
                                 cwd=clone, capture_output=True, text=True, check=False)
