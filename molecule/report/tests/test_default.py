@@ -18,8 +18,9 @@ def test_report_files_exist(host):
     kinds = {name.rsplit("_", 1)[0] + "." + name.rsplit(".", 1)[1] for name in files}
     assert kinds == {"migration_validation.txt", "migration_validation.json", "migration_report.md",
                      "migration_report.svg"}
-    report = host.file(f"{STATE}/reports/2.0.0/" + next(f for f in files if f.endswith(".md"))).content_string
     last = psql(host, "SELECT max(id) FROM migration_ops.runs")
+    # One report per run (file names carry the run): the last run's names it.
+    report = host.file(f"{STATE}/reports/2.0.0/" + next(f for f in files if f.endswith(f"-run{last}.md"))).content_string
     assert f"run #{last}" in report and "dba@example.com" in report
 
 
