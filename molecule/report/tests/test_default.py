@@ -20,7 +20,8 @@ def test_report_files_exist(host):
                      "migration_report.svg"}
     last = psql(host, "SELECT max(id) FROM migration_ops.runs")
     # One report per run (file names carry the run): the last run's names it.
-    report = host.file(f"{STATE}/reports/2.0.0/" + next(f for f in files if f.endswith(f"-run{last}.md"))).content_string
+    name = next(f for f in files if f.endswith(f"-run{last}.md"))
+    report = host.file(f"{STATE}/reports/2.0.0/{name}").content_string
     assert f"run #{last}" in report and "dba@example.com" in report
 
 
