@@ -118,7 +118,7 @@ def test_standalone_rollback_check_undo_and_nothing_left(pg, reference_db, tmp_p
     out = text(preview)
     assert f"Check mode: would undo run #{run_id} (2.0.0, failed" in out
     assert "database restored from the verified backup" in out and "the run's backfills updated 3,000 row(s)" in out
-    assert "deploy: nothing to switch back (the deploy phase recorded not_implemented" in out
+    assert "deploy: nothing to switch back (the deploy phase recorded skipped" in out
     assert (checksums(pg, reference_db), runs(pg, reference_db)) == failed_state
 
     res = run_playbook("rollback.yml", tmp_path, variables)
