@@ -15,7 +15,8 @@ VERSION     ?= 2.0.0
 PREDICTIONS ?= 100000
 APP         := examples/football_prediction
 PYTEST_ARGS ?=
-# pytest-xdist workers (each starts its own PostgreSQL cluster); 1 runs the suite in one process.
+# pytest-xdist workers (each starts its own PostgreSQL cluster; a file's tests stay on one worker,
+# --dist loadfile: xdist_group marks are ignored under pytest 9.2); 1 runs the suite in one process.
 TEST_WORKERS ?= auto
 # Extra ansible-playbook arguments of `make demo` (e.g. DEMO_ARGS='-e rehearse=full').
 DEMO_ARGS   ?=
@@ -50,7 +51,7 @@ clean: down  ## Stop everything and remove the local state (database, backups, l
 	rm -rf $(STATE) .ansible reports/*/
 
 test: bootstrap  ## Run the whole test suite (pytest against a real PostgreSQL, Molecule, lint); CI runs this
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-molecule
 	$(MAKE) --no-print-directory lint
 

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         watcher = threading.Thread(target=watch_idle, daemon=True)
         log("deploying 2.0.0 (green) under traffic")
         with Traffic(stack.url, ["/health", "/predictions/1", "/predictions/2"], threads=args.threads,
-                     requests=1_000_000, min_requests=500, tail=200) as loop:
+                     requests=1_000_000, min_requests=500, tail=200, pace=0) as loop:
             time.sleep(1.0)
             watcher.start()
             started = time.monotonic()

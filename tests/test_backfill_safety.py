@@ -219,7 +219,6 @@ def columns_md5(pg, db) -> str:
                          "coalesce(feature_importance::text, '-'), ',' ORDER BY id)) FROM predictions")[0][0]
 
 
-@pytest.mark.xdist_group("million")  # the 1M-row template is built once, on one worker
 @pytest.mark.parametrize("seed_", [101, 202])
 def test_killed_playbook_group_stops_its_backfill_which_the_next_run_resumes(pg, million_template,
                                                                              million_reference, tmp_path, seed_):

@@ -169,10 +169,6 @@ def rolling_stack(tmp_path_factory, releases):
 BROKEN_SERVER = '''"""A test-only broken release: --check-config passes, the server exits at start."""
 import sys
 
-# One deploy stack per module: its tests share it and run in order on one xdist worker.
-pytestmark = pytest.mark.xdist_group("blue_green")
-
-
 def main(argv=None):
     if "--check-config" in sys.argv:
         print("configuration valid (broken test release)")

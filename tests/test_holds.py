@@ -132,7 +132,6 @@ def progress(tmp_path: Path) -> list[dict]:
     return [json.loads(line) for line in (tmp_path / "progress.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.xdist_group("standby")  # one standby per worker: keep its tests together
 def test_lag_hold_without_pg_read_all_stats_warns_that_it_cannot_see(pg, standby, v2_db, tmp_path):
     assert superuser_lag(pg) > MAX_LAG_S  # the standby really is behind while the backfill runs
     res = run_module("pg_batch_update", backfill_args(pg, v2_db, tmp_path, max_replication_lag_s=MAX_LAG_S), tmp_path)
@@ -150,7 +149,6 @@ def test_lag_hold_without_pg_read_all_stats_warns_that_it_cannot_see(pg, standby
     assert "replication lag is not checked" in said[0]["warning"]
 
 
-@pytest.mark.xdist_group("standby")  # one standby per worker: keep its tests together
 def test_required_lag_hold_without_pg_read_all_stats_refuses_before_the_first_batch(pg, standby, v2_db, tmp_path):
     before = state(pg, v2_db)
     args = backfill_args(pg, v2_db, tmp_path, max_replication_lag_s=MAX_LAG_S, required_holds=["replication_lag"])
@@ -164,7 +162,6 @@ def test_required_lag_hold_without_pg_read_all_stats_refuses_before_the_first_ba
     assert not (tmp_path / "progress.jsonl").exists()
 
 
-@pytest.mark.xdist_group("standby")  # one standby per worker: keep its tests together
 def test_lag_hold_with_pg_read_all_stats_holds_and_names_the_standby(pg, standby, stats_reader, v2_db, tmp_path):
     """The control: the same standby, the same hold, a role that can see: it holds (then gives up)."""
     before = state(pg, v2_db)

@@ -7,6 +7,10 @@
 
 The loop stops after M requests, or once the block has ended and each client has sent `tail`
 more requests (and `min_requests` were sent in all): bounded in requests, not timed.
+
+Each client waits `pace` seconds between its requests (default 20 ms: 50 requests/s per client,
+so a switch of a few seconds still meets hundreds of requests, while the cores stay with the deploy
+under test instead of the loop); the switch benchmark sets pace=0 to load nginx as hard as it can.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ class Traffic:
     timeout: float = 10.0
     min_requests: int = 0
     tail: int = 20
+    pace: float = 0.02
     answers: list[Answer] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -78,6 +83,8 @@ class Traffic:
             answer = self._one(seq, client)
             with self._lock:
                 self.answers.append(answer)
+            if self.pace:
+                time.sleep(self.pace)
 
     def __enter__(self) -> Traffic:
         self._workers = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(self.threads)]

@@ -41,10 +41,18 @@ def release_columns(version: str) -> tuple[str, ...]:
     return V2_COLUMNS if major >= 2 else V1_COLUMNS
 
 
-class Database:
-    """A bounded psycopg2 pool: callers wait for a free connection instead of failing."""
+class _Reconnect(Exception):
+    """The connection could not be made or was lost: worth another try on a fresh one."""
 
-    def __init__(self, cfg: app_config.AppConfig, wait_s: float = 10.0) -> None:
+
+class Database:
+    """A bounded psycopg2 pool: callers wait for a free connection instead of failing.
+
+    A connection that cannot be made or is lost (the database briefly refuses connections while a
+    restore swaps it in, or a session was terminated) is retried on a fresh one with a short
+    backoff for up to `reconnect_s`, so such a moment delays a request instead of failing it."""
+
+    def __init__(self, cfg: app_config.AppConfig, wait_s: float = 10.0, reconnect_s: float = 5.0) -> None:
         import psycopg2.pool
         settings = cfg.settings
         kwargs = {"connect_timeout": settings["connect_timeout_s"],
@@ -55,6 +63,7 @@ class Database:
         self._pool = psycopg2.pool.ThreadedConnectionPool(0, settings["pool_size"], cfg.dsn, **kwargs)
         self._slots = threading.BoundedSemaphore(settings["pool_size"])
         self._wait_s = wait_s
+        self._reconnect_s = reconnect_s
 
     @contextmanager
     def _slot(self):
@@ -66,26 +75,39 @@ class Database:
         finally:
             self._slots.release()
 
-    def query(self, statement, params: tuple = ()) -> tuple[list[str], list[tuple]]:
-        """Run a read-only query; one retry on a fresh connection when a pooled one turns out dead."""
+    def _query_once(self, statement, params: tuple) -> tuple[list[str], list[tuple]]:
         import psycopg2
-        for attempt in (1, 2):
-            with self._slot():
+        with self._slot():
+            try:
                 conn = self._pool.getconn()
-                lost = False
-                try:
-                    conn.autocommit = True
-                    with conn.cursor() as cur:
-                        cur.execute(statement, params)
-                        return [column.name for column in cur.description], cur.fetchall()
-                except psycopg2.Error:
-                    lost = bool(conn.closed)
-                    if lost and attempt == 1:
-                        continue
-                    raise
-                finally:
-                    self._pool.putconn(conn, close=lost or bool(conn.closed))
-        raise AssertionError("unreachable")
+            except psycopg2.OperationalError as exc:
+                raise _Reconnect(exc) from exc
+            lost = False
+            try:
+                conn.autocommit = True
+                with conn.cursor() as cur:
+                    cur.execute(statement, params)
+                    return [column.name for column in cur.description], cur.fetchall()
+            except psycopg2.Error as exc:
+                lost = bool(conn.closed)
+                if lost:
+                    raise _Reconnect(exc) from exc
+                raise
+            finally:
+                self._pool.putconn(conn, close=lost or bool(conn.closed))
+
+    def query(self, statement, params: tuple = ()) -> tuple[list[str], list[tuple]]:
+        """Run a read-only query, on a fresh connection again while the database cannot be reached."""
+        deadline = time.monotonic() + self._reconnect_s
+        delay = 0.05
+        while True:
+            try:
+                return self._query_once(statement, params)
+            except _Reconnect as exc:
+                if time.monotonic() + delay > deadline:
+                    raise exc.__cause__ from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
 
     def close(self) -> None:
         self._pool.closeall()
