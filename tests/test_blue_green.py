@@ -199,7 +199,11 @@ def test_rolling_update_keeps_serving_and_stops_at_a_failing_instance(pg, rollin
                      blue_green_health_retries=3)
     assert res.rc != 0
     output = " ".join(res.output.split())
-    assert "Rolling update at instance rolling-2 stopped" in output and "the health check of rolling-2" in output
+    # The broken release exits at start: the update stops there, saying so with the program's own words.
+    assert "Rolling update at instance rolling-2 stopped" in output and "the start of rolling-2 failed" in output, \
+        output[-4000:]
+    assert "supervisord could not start" in output and "broken test release: refusing to start" in output
+    assert "rolling-2 is stopped; rolling-1 still serves" in output
     assert loop.failures == [], loop.failures[:5]  # at every moment at least one instance served
     assert {a.colour for a in loop.answers} <= {"rolling-1", "rolling-2"}
     assert [m["name"] for m in s.upstream()["members"]] == ["rolling-1"]
