@@ -24,7 +24,15 @@ stop_pid() {  # pidfile signal
 
 case $action in
   start)
-    for v in 1.0.0 2.0.0; do bash scripts/build-release.sh "$v" .state/releases >/dev/null; done
+    for v in 1.0.0 2.0.0; do
+      # A release is immutable: a demo state whose wheels were built from an older checkout is refused.
+      bash scripts/build-release.sh "$v" .state/releases >/dev/null || {
+        echo "[services] the demo's release $v in .state/releases was built from other sources (the checkout" \
+             "changed since): run 'make clean' for a fresh demo state (it drops the demo database too), or" \
+             "remove .state/releases/football_prediction_api-$v-py3-none-any.whl to rebuild only the release" >&2
+        exit 1
+      }
+    done
     .venv/bin/ansible-playbook playbooks/app_release.yml -e blue_green_release_version=1.0.0 \
       -e "pgmigrate_app_url=http://127.0.0.1:$proxy_port" -e blue_green_expect_revision= >/dev/null \
       || { echo "[services] deploying release 1.0.0 failed: rerun .venv/bin/ansible-playbook playbooks/app_release.yml -e blue_green_release_version=1.0.0 for the details"; exit 1; }

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -493,3 +494,36 @@ def test_api_reports_503_while_the_database_is_unreachable(pg, start_api):
 def test_api_health_reports_no_revision_on_an_unmigrated_database(pg, fresh_db, start_api):
     api = start_api(fresh_db, "1.0.0")
     assert api.get("/health") == (200, {"status": "ok", "version": "1.0.0", "db_revision": None, "colour": None})
+
+
+def test_api_waits_out_a_database_that_briefly_refuses_connections(pg, seeded, start_api):
+    """What a restore's swap does to a serving release: its sessions terminated and, for a moment,
+    no new connection accepted. A request in that moment waits for the database and is answered,
+    instead of failing."""
+    name, _ = seeded
+    api = start_api(name, "1.0.0")
+    assert api.get("/predictions/1")[0] == 200  # a pooled connection exists now
+    admin = pg.admin_connect()
+    try:
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(name)))
+            cur.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s "
+                        "AND application_name LIKE 'football-prediction-api%%'", (name,))
+            assert cur.fetchone()[0] >= 1
+
+        def allow_again() -> None:
+            time.sleep(0.5)
+            with admin.cursor() as c:
+                c.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(name)))
+
+        opener = threading.Thread(target=allow_again)
+        opener.start()
+        status, body = api.get("/predictions/1")
+        opener.join()
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(name)))
+        admin.close()
+    assert status == 200 and body["id"] == 1, body
+    # It really met the refusal, and said so.
+    assert "app: no database connection (" in api.log.read_text(), api.log.read_text()[-2000:]

@@ -50,9 +50,10 @@ class Database:
 
     A connection that cannot be made or is lost (the database briefly refuses connections while a
     restore swaps it in, or a session was terminated) is retried on a fresh one with a short
-    backoff for up to `reconnect_s`, so such a moment delays a request instead of failing it."""
+    backoff for up to `reconnect_s` (2 s, less than a health check's timeout), so such a moment
+    delays a request instead of failing it."""
 
-    def __init__(self, cfg: app_config.AppConfig, wait_s: float = 10.0, reconnect_s: float = 5.0) -> None:
+    def __init__(self, cfg: app_config.AppConfig, wait_s: float = 10.0, reconnect_s: float = 2.0) -> None:
         import psycopg2.pool
         settings = cfg.settings
         kwargs = {"connect_timeout": settings["connect_timeout_s"],
@@ -64,6 +65,8 @@ class Database:
         self._slots = threading.BoundedSemaphore(settings["pool_size"])
         self._wait_s = wait_s
         self._reconnect_s = reconnect_s
+        self._said_at = 0.0
+        self._said_lock = threading.Lock()
 
     @contextmanager
     def _slot(self):
@@ -106,8 +109,19 @@ class Database:
             except _Reconnect as exc:
                 if time.monotonic() + delay > deadline:
                     raise exc.__cause__ from None
+                self._say_retrying(exc.__cause__)
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
+
+    def _say_retrying(self, cause: BaseException) -> None:
+        """One line a second at most while the database cannot be reached (not one per request)."""
+        with self._said_lock:
+            now = time.monotonic()
+            if now - self._said_at < 1.0:
+                return
+            self._said_at = now
+        print(f"app: no database connection ({first_line(cause)}); retrying for up to {self._reconnect_s:g} s",
+              file=sys.stderr, flush=True)
 
     def close(self) -> None:
         self._pool.closeall()
@@ -156,7 +170,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def health(self) -> None:
         import psycopg2
-        ident = {"version": __version__, "colour": self.server.colour}
+        ident = {"version": self.server.version, "colour": self.server.colour}
         try:
             revision = db_revision(self.server.db)
         except psycopg2.Error as exc:
@@ -167,8 +181,9 @@ class Handler(BaseHTTPRequestHandler):
     def prediction(self, prediction_id: int) -> None:
         import psycopg2
         from psycopg2 import sql
-        statement = sql.SQL("SELECT {} FROM predictions WHERE id = %s").format(
-            sql.SQL(", ").join(sql.Identifier(c) for c in self.server.columns))
+        columns = sql.SQL("*") if self.server.columns is None else \
+            sql.SQL(", ").join(sql.Identifier(c) for c in self.server.columns)
+        statement = sql.SQL("SELECT {} FROM predictions WHERE id = %s").format(columns)
         try:
             columns, rows = self.server.db.query(statement, (prediction_id,))
         except psycopg2.Error as exc:
@@ -186,7 +201,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
         self.send_header("Cache-Control", "no-store")
-        self.send_header("X-App-Version", __version__)
+        self.send_header("X-App-Version", self.server.version)
         if self.server.colour:
             self.send_header("X-App-Colour", self.server.colour)
         if self.server.stopping.is_set():
@@ -211,11 +226,15 @@ class ApiServer(ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True
 
-    def __init__(self, address: tuple[str, int], db: Database, colour: str | None, log_requests: bool) -> None:
+    def __init__(self, address: tuple[str, int], db: Database, colour: str | None, log_requests: bool,
+                 version: str = __version__, all_columns: bool = False) -> None:
+        """`version` is what /health reports (the release's own unless a development run sets it);
+        all_columns serves every column the table has (development) instead of the release's list."""
         super().__init__(address, Handler)
         self.db = db
         self.colour = colour
-        self.columns = release_columns(__version__)
+        self.version = version
+        self.columns = None if all_columns else release_columns(version)
         self.log_requests = log_requests
         self.stopping = threading.Event()
 
@@ -252,21 +271,26 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"app: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
+    return serve(server, f"app: release {__version__} colour {args.colour} listening on "
+                         f"http://{args.host}:{server.server_port}")
 
+
+def serve(server: ApiServer, banner: str) -> int:
+    """Serve until SIGTERM or SIGINT, which stop accepting and finish the requests in flight."""
     def stop(signum: int, _frame) -> None:
         print(f"app: {signal.Signals(signum).name} received, finishing the requests in flight",
               file=sys.stderr, flush=True)
         server.stopping.set()
+        # shutdown() waits for serve_forever() to return, so it cannot run on the serving thread.
         threading.Thread(target=server.shutdown, name="shutdown").start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print(f"app: release {__version__} colour {args.colour} listening on http://{args.host}:{server.server_port}",
-          file=sys.stderr, flush=True)
+    print(banner, file=sys.stderr, flush=True)
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
         server.server_close()
-        db.close()
+        server.db.close()
     print("app: stopped", file=sys.stderr, flush=True)
     return 0
