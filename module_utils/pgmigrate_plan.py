@@ -151,6 +151,9 @@ PLAN_SPEC: dict[str, Any] = {
             "max_minutes": {"type": "int", "min": 0},
             "discard_new_rows": {"type": "bool",
                                  "doc": "a rollback may discard rows written after the backup (default false)"},
+            "terminate_sessions": {"type": "bool",
+                                   "doc": "a restore may terminate the application's sessions for the swap "
+                                          "(default false: they make it fail, named)"},
         }},
         "notify": {"type": "dict"},
         "monitoring": {"type": "dict"},

@@ -16,6 +16,26 @@ from validate_helpers import free_port
 
 SUPERVISORCTL = "/usr/bin/supervisorctl"
 
+# A test-only broken release: --check-config passes, the server exits at start. Written over an
+# installed release's server.py, from outside the production code.
+BROKEN_SERVER = '''"""A test-only broken release: --check-config passes, the server exits at start."""
+import sys
+
+def main(argv=None):
+    if "--check-config" in sys.argv:
+        print("configuration valid (broken test release)")
+        return 0
+    print("broken test release: refusing to start", file=sys.stderr)
+    return 3
+'''
+
+
+def install_broken_release(wheel: Path, target: Path) -> None:
+    """Install `wheel` into the release directory `target` the deploy would use, then break it."""
+    subprocess.run([str(VENV_BIN / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target",
+                    str(target), str(wheel)], check=True)
+    (target / "football_prediction_api" / "server.py").write_text(BROKEN_SERVER)
+
 
 def build_release(version: str, outdir: Path) -> Path:
     subprocess.run([str(ROOT / "scripts" / "build-release.sh"), version, str(outdir)], check=True,

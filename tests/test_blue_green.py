@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, alembic, run_playbook
-from deploy_helpers import build_release, new_stack
+from deploy_helpers import build_release, install_broken_release, new_stack
 from traffic import Traffic
 
 APP_PLAYBOOK = ROOT / "playbooks" / "app_release.yml"
@@ -166,16 +166,6 @@ def rolling_stack(tmp_path_factory, releases):
     s.stop()
 
 
-BROKEN_SERVER = '''"""A test-only broken release: --check-config passes, the server exits at start."""
-import sys
-
-def main(argv=None):
-    if "--check-config" in sys.argv:
-        print("configuration valid (broken test release)")
-        return 0
-    print("broken test release: refusing to start", file=sys.stderr)
-    return 3
-'''
 
 
 @pytest.fixture(scope="module")
@@ -191,9 +181,8 @@ def test_rolling_update_keeps_serving_and_stops_at_a_failing_instance(pg, rollin
     assert first.rc == 0, first.output[-4000:]
     assert [m["name"] for m in s.upstream()["members"]] == ["rolling-1", "rolling-2"]
     # rolling-2's 2.0.1 release is damaged from outside before the update reaches it.
-    release = s.deploy / "colours" / "rolling-2" / "releases" / "2.0.1"
-    subprocess_install(s.releases / "football_prediction_api-2.0.1-py3-none-any.whl", release)
-    (release / "football_prediction_api" / "server.py").write_text(BROKEN_SERVER)
+    install_broken_release(s.releases / "football_prediction_api-2.0.1-py3-none-any.whl",
+                           s.deploy / "colours" / "rolling-2" / "releases" / "2.0.1")
     with Traffic(s.url, ["/health", "/predictions/1"], threads=4, requests=50_000, min_requests=200) as loop:
         res = deploy(s, pg, app_db, tmp_path, "2.0.1", "v2_0_0", blue_green_strategy="rolling",
                      blue_green_health_retries=3)

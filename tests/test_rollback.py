@@ -16,10 +16,12 @@ import yaml
 from backfill_helpers import wait_for_batches
 from conftest import ROOT
 from conftest import run_playbook as _run_playbook
+from deploy_helpers import build_release, install_broken_release, new_stack
 from psycopg2 import sql
 from receivers import WebhookReceiver
 from test_backfill_safety import start_playbook
 from test_backup_flow import with_fault
+from traffic import Traffic
 from validate_helpers import query
 
 PLAN = yaml.safe_load((ROOT / "migrations" / "2.0.0.yml").read_text())
@@ -310,6 +312,59 @@ def test_failed_phase_is_rolled_back_automatically(pg, reference_db, tmp_path, p
     assert "Outcome: **rolled_back**" in report and f"phase {phase} failed" in report
     assert "Automatic rollback" in report
     assert any("2.0.0 rolled back" in p and "automatic: True" in p for p in posts), posts
+
+
+def config_files(directory: Path) -> dict:
+    return {str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mode & 0o7777)
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_failed_deploy_is_rolled_back_with_the_old_release_serving_throughout(pg, reference_db, tmp_path):
+    """Release 1.0.0 live behind nginx on blue; migrate.yml's 2.0.0 (a test-only broken release, which
+    exits at start) fails the deploy phase after the schema change and the backfill. The automatic
+    rollback restores the database (the backfill changed rows) with 1.0.0 connected, whose sessions the
+    reference plan lets the restore terminate; a request loop through nginx across all of it: zero
+    failed requests, 1.0.0 on blue before and after, blue's configuration byte for byte."""
+    releases = tmp_path / "releases"
+    for version in ("1.0.0", "2.0.0"):
+        build_release(version, releases)
+    stack = new_stack(tmp_path / "deploy", releases)
+    try:
+        variables = {**rb_vars(pg, reference_db, tmp_path), **stack.variables(pg, reference_db)}
+        live = run_playbook("playbooks/app_release.yml", tmp_path,
+                            {**variables, "blue_green_release_version": "1.0.0", "blue_green_expect_revision": ""})
+        assert live.rc == 0, live.output[-4000:]
+        blue_config = stack.deploy / "colours" / "blue" / "config"
+        config_before = config_files(blue_config)
+        before = checksums(pg, reference_db)
+        install_broken_release(releases / "football_prediction_api-2.0.0-py3-none-any.whl",
+                               stack.deploy / "colours" / "green" / "releases" / "2.0.0")
+        with Traffic(stack.url, ["/health", "/predictions/1"], threads=3, requests=200_000,
+                     min_requests=300) as loop:
+            res = run_playbook("migrate.yml", tmp_path, variables, timeout=2400)
+        out = text(res)
+        assert res.rc != 0 and "The deploy phase failed at" in out, out[-4000:]
+        assert "the start of green failed" in out and "broken test release: refusing to start" in out
+        assert "rolling back automatically" in out and "Rollback: rolled back automatically:" in out
+        assert loop.failures == [], loop.failures[:5]
+        assert {a.version for a in loop.answers} == {"1.0.0"} and {a.colour for a in loop.answers} == {"blue"}
+        assert stack.health() == {"status": "ok", "version": "1.0.0", "colour": "blue", "db_revision": "v1_0_0"}
+        assert stack.upstream()["members"][0]["name"] == "blue"
+        assert stack.programs()["app-green"][0] != "RUNNING"
+        assert config_files(blue_config) == config_before
+    finally:
+        stack.stop()
+    assert checksums(pg, reference_db) == before
+    assert revision(pg, reference_db) == "v1_0_0"
+    (run_id, _, status, phases, error), *rest = runs(pg, reference_db)
+    assert status == "rolled_back" and phases["deploy"]["status"] == "failed" and "deploy phase failed" in error
+    assert "broken test release" in phases["deploy"]["facts"]["error"]
+    assert f"Run #{run_id} (2.0.0) is rolled back automatically" in out
+    rollback = phases["rollback"]
+    assert rollback["status"] == "succeeded" and rollback["facts"]["strategy"] == "restore"
+    assert any("restored" in u for u in rollback["facts"]["undone"]), rollback["facts"]["undone"]
+    assert [(r[1], r[2]) for r in rest] == [("rollback", "succeeded")]
+    assert lock_rows(pg, reference_db) == 0
 
 
 # ---------------------------------------------------------------------------------------------
