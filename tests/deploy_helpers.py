@@ -2,10 +2,12 @@
 a temporary state directory on free loopback ports), and stopping it by PID."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import time
 import urllib.request
@@ -31,17 +33,34 @@ def main(argv=None):
 '''
 
 
-def install_broken_release(wheel: Path, target: Path) -> None:
-    """Install `wheel` into the release directory `target` the deploy would use, then break it."""
+def install_release(wheel: Path, target: Path) -> None:
+    """Install a release wheel into a release directory, as the deploy does (pip --target)."""
     subprocess.run([str(VENV_BIN / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target",
                     str(target), str(wheel)], check=True)
+
+
+def install_broken_release(wheel: Path, target: Path) -> None:
+    """Install `wheel` into the release directory `target` the deploy would use, then break it."""
+    install_release(wheel, target)
     (target / "football_prediction_api" / "server.py").write_text(BROKEN_SERVER)
+
+
+def config_digest(directory: Path) -> dict:
+    """Every file under a configuration directory: sha256 and mode (byte-for-byte comparisons)."""
+    return {str(p.relative_to(directory)): (hashlib.sha256(p.read_bytes()).hexdigest(), stat.S_IMODE(p.stat().st_mode))
+            for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def build_release(version: str, outdir: Path) -> Path:
     subprocess.run([str(ROOT / "scripts" / "build-release.sh"), version, str(outdir)], check=True,
                    capture_output=True, text=True, env={**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"})
     return outdir / f"football_prediction_api-{version}-py3-none-any.whl"
+
+
+def build_releases(outdir: Path, versions: tuple[str, ...] = ("1.0.0", "2.0.0")) -> Path:
+    for version in versions:
+        build_release(version, outdir)
+    return outdir
 
 
 @dataclass

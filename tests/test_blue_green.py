@@ -3,14 +3,11 @@ directory on free loopback ports, the reference database, and a bounded request 
 nginx across each switch."""
 from __future__ import annotations
 
-import hashlib
 import os
-import stat
-from pathlib import Path
 
 import pytest
 from conftest import ROOT, alembic, run_playbook
-from deploy_helpers import build_release, install_broken_release, new_stack
+from deploy_helpers import build_release, config_digest, install_broken_release, install_release, new_stack
 from traffic import Traffic
 
 APP_PLAYBOOK = ROOT / "playbooks" / "app_release.yml"
@@ -97,11 +94,6 @@ def test_failing_health_check_never_switches(pg, app_db, stack, tmp_path):
     assert stack.upstream()["members"][0]["name"] == "green"
 
 
-def config_digest(directory: Path) -> dict:
-    return {str(p.relative_to(directory)): (hashlib.sha256(p.read_bytes()).hexdigest(), stat.S_IMODE(p.stat().st_mode))
-            for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
 def test_invalid_configuration_switches_nothing(pg, app_db, stack, tmp_path):
     blue_config = stack.deploy / "colours" / "blue" / "config"
     before = config_digest(blue_config)
@@ -133,7 +125,7 @@ def test_switch_back_has_zero_failed_requests(pg, app_db, stack, tmp_path):
 def test_config_restore_gives_back_the_files_byte_for_byte(pg, app_db, releases, tmp_path):
     config_dir = tmp_path / "cfg"
     release = tmp_path / "release"
-    subprocess_install(releases / "football_prediction_api-2.0.0-py3-none-any.whl", release)
+    install_release(releases / "football_prediction_api-2.0.0-py3-none-any.whl", release)
     secret = tmp_path / "pw"
     secret.write_text(pg.password)
     secret.chmod(0o600)
@@ -198,10 +190,3 @@ def test_rolling_update_keeps_serving_and_stops_at_a_failing_instance(pg, rollin
     assert [m["name"] for m in s.upstream()["members"]] == ["rolling-1"]
     assert s.health() == {"status": "ok", "version": "2.0.1", "colour": "rolling-1", "db_revision": "v2_0_0"}
     assert s.programs()["app-rolling-2"][0] in ("STOPPED", "FATAL", "EXITED", "BACKOFF")
-
-
-def subprocess_install(wheel: Path, target: Path) -> None:
-    import subprocess
-    import sys
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(target),
-                    str(wheel)], check=True)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from conftest import ROOT, VENV_BIN, ansible_env, run_playbook, write_vars
-from deploy_helpers import build_release, new_stack
+from deploy_helpers import build_releases, new_stack
 from psycopg2 import sql
 from traffic import Traffic
 from validate_helpers import database_state, query
@@ -199,12 +199,6 @@ def test_full_run_records_success_and_reruns_safely(pg, reference_db, tmp_path):
     assert query(pg, reference_db, "SELECT count(*) FROM migration_ops.lock") == [(0,)]
     assert (tmp_path / "docs" / "MIGRATION_HISTORY.md").exists()
     shutil.rmtree(tmp_path / "state", ignore_errors=True)
-
-
-def build_releases(outdir: Path) -> Path:
-    for version in ("1.0.0", "2.0.0"):
-        build_release(version, outdir)
-    return outdir
 
 
 def alias_bomb(levels: int = 6) -> str:

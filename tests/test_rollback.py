@@ -16,7 +16,7 @@ import yaml
 from backfill_helpers import wait_for_batches
 from conftest import ROOT
 from conftest import run_playbook as _run_playbook
-from deploy_helpers import build_release, install_broken_release, new_stack
+from deploy_helpers import build_releases, config_digest, install_broken_release, new_stack
 from psycopg2 import sql
 from receivers import WebhookReceiver
 from test_backfill_safety import start_playbook
@@ -314,20 +314,13 @@ def test_failed_phase_is_rolled_back_automatically(pg, reference_db, tmp_path, p
     assert any("2.0.0 rolled back" in p and "automatic: True" in p for p in posts), posts
 
 
-def config_files(directory: Path) -> dict:
-    return {str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mode & 0o7777)
-            for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
 def test_failed_deploy_is_rolled_back_with_the_old_release_serving_throughout(pg, reference_db, tmp_path):
     """Release 1.0.0 live behind nginx on blue; migrate.yml's 2.0.0 (a test-only broken release, which
     exits at start) fails the deploy phase after the schema change and the backfill. The automatic
     rollback restores the database (the backfill changed rows) with 1.0.0 connected, whose sessions the
     reference plan lets the restore terminate; a request loop through nginx across all of it: zero
     failed requests, 1.0.0 on blue before and after, blue's configuration byte for byte."""
-    releases = tmp_path / "releases"
-    for version in ("1.0.0", "2.0.0"):
-        build_release(version, releases)
+    releases = build_releases(tmp_path / "releases")
     stack = new_stack(tmp_path / "deploy", releases)
     try:
         variables = {**rb_vars(pg, reference_db, tmp_path), **stack.variables(pg, reference_db)}
@@ -335,7 +328,7 @@ def test_failed_deploy_is_rolled_back_with_the_old_release_serving_throughout(pg
                             {**variables, "blue_green_release_version": "1.0.0", "blue_green_expect_revision": ""})
         assert live.rc == 0, live.output[-4000:]
         blue_config = stack.deploy / "colours" / "blue" / "config"
-        config_before = config_files(blue_config)
+        config_before = config_digest(blue_config)
         before = checksums(pg, reference_db)
         install_broken_release(releases / "football_prediction_api-2.0.0-py3-none-any.whl",
                                stack.deploy / "colours" / "green" / "releases" / "2.0.0")
@@ -351,7 +344,7 @@ def test_failed_deploy_is_rolled_back_with_the_old_release_serving_throughout(pg
         assert stack.health() == {"status": "ok", "version": "1.0.0", "colour": "blue", "db_revision": "v1_0_0"}
         assert stack.upstream()["members"][0]["name"] == "blue"
         assert stack.programs()["app-green"][0] != "RUNNING"
-        assert config_files(blue_config) == config_before
+        assert config_digest(blue_config) == config_before
     finally:
         stack.stop()
     assert checksums(pg, reference_db) == before
