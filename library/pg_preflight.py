@@ -14,6 +14,11 @@ description:
     estimated rows of each table the plan touches, the rows each backfill will touch (the planner's estimate from
     C(EXPLAIN), cheap; the table's row estimate when the backfill's columns do not exist yet), the current Alembic
     revision, and the free disk space where the backup goes.
+  - Says whether the plan is already applied (RV(already_applied)), that is whether the database is at the
+    plan's C(schema.revision) (or the plan changes no schema) and no row matches any backfill's C(where) filter
+    any more, checked exactly with one C(EXISTS) per backfill bounded by O(pending_timeout). A rerun of a
+    finished migration then changes nothing, and the backup role takes no backup for it. A backfill without a
+    C(where) filter, a plan with C(schema.tool=sql), or a check that times out is never taken as applied.
   - Checks that the health holds of each backfill (C(max_replication_lag_s), C(hold_on_autovacuum),
     C(max_archive_backlog)) can see with the connecting role's privileges. A hold that cannot is a warning; when the
     backfill lists it in C(required_holds) the module fails, so the migration stops in the plan phase, before the
@@ -47,6 +52,12 @@ options:
     description: Accept a O(backup_dir) that will not outlive the job.
     type: bool
     default: false
+  pending_timeout:
+    description:
+      - Seconds each backfill's exact C(EXISTS) check may take (only run when the schema is already at the plan's
+        revision); one that takes longer counts as rows left to do.
+    type: float
+    default: 5.0
 '''
 
 EXAMPLES = r'''
@@ -86,6 +97,16 @@ holds:
   type: dict
   sample: {privileges: {role: football, pg_read_all_stats: false, pg_ls_archive_statusdir: false},
            blind: [{backfill: predictions_accuracy, hold: replication_lag, required: true, message: "..."}]}
+already_applied:
+  description: Whether the plan has nothing left to change in this database (see the description).
+  returned: always
+  type: bool
+  sample: false
+already_applied_reason:
+  description: Why the plan is, or is not, taken as already applied.
+  returned: always
+  type: str
+  sample: "the database is at v2_0_0 and no row is left to backfill (predictions_accuracy)"
 disk:
   description: Free bytes where the backup goes, and whether that holds the database size with a 20% margin.
   returned: when backup_dir is given
@@ -149,6 +170,53 @@ def backfill_estimate(cur, backfill: dict) -> dict:
                            f"{str(exc).splitlines()[0]})")
 
 
+def backfill_pending(cur, backfill: dict, timeout_s: float) -> bool | None:
+    """Whether any row still matches the backfill's where filter: exact, read-only, bounded by timeout_s.
+
+    None when it cannot be known (no filter: every row is the backfill's; the table is missing; the check
+    failed or took too long)."""
+    table = resolve_table(cur, backfill["table"])
+    where = backfill.get("where")
+    if not table or not where:
+        return None
+    cur.execute("SAVEPOINT pending")
+    try:
+        cur.execute("SELECT set_config('statement_timeout', %s, true)", (f"{int(timeout_s * 1000)}ms",))
+        # The filter is the plan's SQL, parsed as exactly one expression before the module connected.
+        cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {})").format(
+            sql.Identifier(table["schema"], table["table"]), sql.SQL(wrap(where))))
+        pending = bool(cur.fetchone()[0])
+        cur.execute("ROLLBACK TO SAVEPOINT pending")  # also undoes the local statement_timeout
+        return pending
+    except Exception:
+        cur.execute("ROLLBACK TO SAVEPOINT pending")
+        return None
+
+
+def already_applied(cur, plan: dict, revision: str | None, timeout_s: float) -> tuple[bool, str]:
+    """Whether the plan has nothing left to change: schema at its revision, no row left to backfill."""
+    schema = plan.get("schema") or {}
+    tool = schema.get("tool", "alembic") if plan.get("schema") is not None else "none"
+    if tool == "sql":
+        return False, "the plan's schema change is SQL files, whose state the database does not record"
+    if tool == "alembic" and revision != schema.get("revision"):
+        return False, (f"the database is at {revision or 'no Alembic revision'}, "
+                       f"the plan's revision is {schema.get('revision')}")
+    at = f"the database is at {revision}" if tool == "alembic" else "the plan changes no schema"
+    left = []
+    for backfill in plan.get("backfills", []):
+        pending = backfill_pending(cur, backfill, timeout_s)
+        if pending is None:
+            return False, (f"{at}, but backfill {backfill['name']} cannot be checked for rows left to do "
+                           "(no where filter, a missing table, or the check took too long)")
+        if pending:
+            left.append(backfill["name"])
+    if left:
+        return False, f"{at}, and rows are left to backfill ({', '.join(left)})"
+    names = ", ".join(b["name"] for b in plan.get("backfills", [])) or "the plan has none"
+    return True, f"{at} and no row is left to backfill ({names})"
+
+
 def hold_facts(cur, backfills: list) -> dict:
     """Which holds of which backfill cannot see with this role's privileges."""
     privileges = read_privileges(cur)
@@ -196,7 +264,8 @@ def refuse_ephemeral_backup_dir(module, plan: dict) -> None:
 def main() -> None:
     argument_spec = connection_argument_spec()
     argument_spec.update(plan=dict(type="dict", required=True), backup_dir=dict(type="path"),
-                         allow_ephemeral_backup_dir=dict(type="bool", default=False))
+                         allow_ephemeral_backup_dir=dict(type="bool", default=False),
+                         pending_timeout=dict(type="float", default=5.0))
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     plan = module.params["plan"]
     refuse_ephemeral_backup_dir(module, plan)
@@ -230,6 +299,8 @@ def main() -> None:
             result["tables"] = [table_facts(cur, n) for n in names]
             result["backfills"] = [backfill_estimate(cur, b) for b in plan.get("backfills", [])]
             result["holds"] = hold_facts(cur, plan.get("backfills", []))
+            result["already_applied"], result["already_applied_reason"] = already_applied(
+                cur, plan, revision, module.params["pending_timeout"])
         conn.rollback()
     except Exception as exc:
         module.fail_json(msg=f"preflight query failed: {exc}")

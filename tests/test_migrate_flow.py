@@ -178,8 +178,11 @@ def test_full_run_records_success_and_reruns_safely(pg, reference_db, tmp_path):
         stack.stop()
     rows = query(pg, reference_db, "SELECT status, from_revision, to_revision, backup_verified, phases "
                                    "FROM migration_ops.runs ORDER BY id")
-    assert [r[:4] for r in rows] == [("succeeded", "v1_0_0", "v2_0_0", True), ("succeeded", "v2_0_0", "v2_0_0", True)]
+    # The rerun found the plan applied (v2_0_0, no row left to backfill), so it took no backup.
+    assert [r[:4] for r in rows] == [("succeeded", "v1_0_0", "v2_0_0", True), ("succeeded", "v2_0_0", "v2_0_0", None)]
     first_phases, second_phases = rows[0][4], rows[1][4]
+    assert second_phases["backup"]["status"] == "skipped"
+    assert "nothing to change" in second_phases["backup"]["facts"]["reason"]
     assert first_phases["schema"]["status"] == "succeeded" and first_phases["data"]["status"] == "succeeded"
     assert first_phases["plan"]["facts"]["baseline"]["counts"]["predictions"] == 3000
     deploy = first_phases["deploy"]
