@@ -360,6 +360,55 @@ def test_failed_deploy_is_rolled_back_with_the_old_release_serving_throughout(pg
     assert lock_rows(pg, reference_db) == 0
 
 
+def test_failed_validation_after_the_switch_sends_traffic_back_with_no_failed_request(pg, reference_db, tmp_path):
+    """Release 1.0.0 live behind nginx on blue; migrate.yml migrates the schema, backfills, deploys the real
+    2.0.0 on green and switches to it, then a check of the validate phase (a test-only plan) fails. The
+    automatic rollback sends traffic back to blue by one reload, restores blue's configuration and the
+    database, and stops green; a request loop through nginx across all of it: zero failed requests, the
+    versions served go 1.0.0, 2.0.0, then 1.0.0 again, and blue's configuration is byte for byte."""
+    releases = build_releases(tmp_path / "releases")
+    stack = new_stack(tmp_path / "deploy", releases)
+    plans = write_plan(tmp_path, failing_validation)
+    try:
+        variables = {**rb_vars(pg, reference_db, tmp_path, plans), **stack.variables(pg, reference_db)}
+        live = run_playbook("playbooks/app_release.yml", tmp_path,
+                            {**variables, "blue_green_release_version": "1.0.0", "blue_green_expect_revision": ""})
+        assert live.rc == 0, live.output[-4000:]
+        blue_config = stack.deploy / "colours" / "blue" / "config"
+        config_before = config_digest(blue_config)
+        before = checksums(pg, reference_db)
+        with Traffic(stack.url, ["/health", "/predictions/1"], threads=3, requests=200_000,
+                     min_requests=300) as loop:
+            res = run_playbook("migrate.yml", tmp_path, variables, timeout=2400)
+        out = text(res)
+        assert res.rc != 0 and "The validate phase failed at" in out and "rollback_test_fails" in out, out[-4000:]
+        assert "to green (2.0.0)" in out  # the switch happened before the validation failed
+        assert "rolling back automatically" in out and "Rollback: rolled back automatically:" in out
+        assert loop.failures == [], loop.failures[:5]
+        # 1.0.0 first, 2.0.0 once switched, 1.0.0 at the end (during one reload's few hundred ms the old and
+        # the new nginx workers both answer, so a client may see the two versions alternate; none fails).
+        changes = loop.version_changes()
+        assert changes[0] == "1.0.0" and "2.0.0" in changes and changes[-1] == "1.0.0", changes
+        assert stack.health() == {"status": "ok", "version": "1.0.0", "colour": "blue", "db_revision": "v1_0_0"}
+        assert [m["name"] for m in stack.upstream()["members"]] == ["blue"]
+        assert stack.programs()["app-green"][0] != "RUNNING"
+        assert config_digest(blue_config) == config_before
+    finally:
+        stack.stop()
+    assert checksums(pg, reference_db) == before
+    assert revision(pg, reference_db) == "v1_0_0"
+    (run_id, _, status, phases, error), *rest = runs(pg, reference_db)
+    assert status == "rolled_back" and "validate phase failed" in error
+    assert phases["deploy"]["status"] == "succeeded" and phases["validate"]["status"] == "failed"
+    assert (phases["deploy"]["facts"]["colour_from"], phases["deploy"]["facts"]["colour_to"]) == ("blue", "green")
+    undone = phases["rollback"]["facts"]["undone"]
+    assert phases["rollback"]["status"] == "succeeded" and phases["rollback"]["facts"]["strategy"] == "restore"
+    assert any("traffic back to blue" in u for u in undone) and any("restored" in u for u in undone), undone
+    assert [(r[1], r[2]) for r in rest] == [("rollback", "succeeded")]
+    assert f"Run #{run_id} (2.0.0) is rolled back automatically" in out
+    assert lock_rows(pg, reference_db) == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # 5. kill -9 of ansible-playbook in the data phase, then rollback.yml
 # ---------------------------------------------------------------------------------------------
