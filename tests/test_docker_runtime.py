@@ -523,12 +523,15 @@ def test_role_switch_back_with_docker_has_zero_failed_requests(pg, role_db, role
     blue_before = role_container(docker_client, s, "blue")
     with Traffic(s.url, ["/health", "/predictions/1"], threads=4, requests=50_000, min_requests=200) as loop:
         res = role_run(SWITCH_BACK, s, pg, role_db, docker_host, tmp_path, blue_green_switch_back_colour="blue")
+        returned = time.monotonic()
     assert res.rc == 0, res.output[-5000:]
     assert loop.failures == [], loop.failures[:5]
     assert len(loop.answers) >= 200
-    for client in range(4):
-        assert loop.version_changes(client) in (["2.0.0", "1.0.0"], ["2.0.0"], ["1.0.0"]), loop.version_changes(client)
+    # nginx's old and new workers overlap during the one reload (a client was seen going 2.0.0, 1.0.0,
+    # 2.0.0, 1.0.0 inside it); once switch_back has returned, only blue answers.
     assert loop.version_changes()[0] == "2.0.0" and loop.version_changes()[-1] == "1.0.0"
+    after = [a for a in loop.answers if a.started > returned]
+    assert after and {(a.version, a.colour) for a in after} == {("1.0.0", "blue")}
     assert res.output.count("TASK [blue_green : Reload nginx gracefully]") == 1
     assert s.health()["colour"] == "blue" and s.health()["version"] == "1.0.0"
     assert members(s) == [("blue", s.ports["blue"], "1.0.0")]
