@@ -4,7 +4,9 @@ A real dockerd started by scripts/dockerd.sh (skipped, with the reason shown by 
 it cannot start here), the base image from debootstrap built once per machine (cache
 ~/.cache/pgmigrate-ops or PGMIGRATE_CACHE_DIR), release images built from a wheel, every colour
 operation through a real ansible-playbook run, the API answering from the container against the
-session's PostgreSQL, and an nginx upstream switch between two containers under load.
+session's PostgreSQL, an nginx upstream switch between two containers under load, and the role's
+own deploy (playbooks/app_release.yml, blue_green_runtime=docker) and switch back under a request
+loop, on the same daemon and images.
 """
 from __future__ import annotations
 
@@ -22,9 +24,10 @@ from pathlib import Path
 
 import docker
 import pytest
-from conftest import ROOT, run_playbook
-from deploy_helpers import build_release
+from conftest import ROOT, alembic, run_playbook
+from deploy_helpers import build_release, new_stack
 from docker_helpers import dockerd
+from traffic import Traffic
 
 PLAYBOOK = ROOT / "tests" / "playbooks" / "docker_runtime.yml"
 import pgcluster  # noqa: E402  (tools/ is on sys.path through conftest)
@@ -168,7 +171,7 @@ def refused(port: int) -> bool:
 
 
 def recap_changed(output: str) -> int:
-    line = next(line for line in output.splitlines() if line.startswith("localhost") and "changed=" in line)
+    line = [line for line in output.splitlines() if "changed=" in line and "ok=" in line][-1]
     return int(line.split("changed=")[1].split()[0])
 
 
@@ -395,3 +398,145 @@ def test_nginx_switch_between_two_containers_fails_no_request(target, tmp_path):
         switched = per.index("2.0.0") if "2.0.0" in per else len(per)
         assert set(per[:switched]) <= {"1.0.0"} and set(per[switched:]) <= {"2.0.0"}, per
     assert answers.count("1.0.0") > 0 and answers.count("2.0.0") > 0
+
+
+# --- the role's own switch with the docker runtime, under a request loop ---------------
+APP_PLAYBOOK = ROOT / "playbooks" / "app_release.yml"
+SWITCH_BACK = ROOT / "tests" / "playbooks" / "switch_back.yml"
+
+
+@pytest.fixture(scope="module")
+def role_db(pg, reference_template):
+    """The reference database at v1_0_0, of the role's deploys alone (they move it to v2_0_0)."""
+    name = pg.create_database(template=reference_template)
+    yield name
+    pg.drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def role_stack(tmp_path_factory, releases, docker_host, docker_client):
+    """nginx (and the role's supervisord) under a state directory; the colours are containers of this
+    module's daemon, from the images of this module's wheels (built once, shared with the tests above)."""
+    s = new_stack(tmp_path_factory.mktemp("role"), releases["1.0.0"].parent)
+    yield s
+    for colour in s.ports:
+        for container in docker_client.containers.list(all=True, filters={"label": role_label(s, colour)}):
+            container.remove(force=True)
+    s.stop()
+
+
+def role_label(stack, colour: str) -> str:
+    return f"org.pgmigrate.config_dir={stack.deploy / 'colours' / colour / 'config'}"
+
+
+def role_container(client, stack, colour: str):
+    found = client.containers.list(all=True, filters={"label": role_label(stack, colour)})
+    assert len(found) <= 1, [c.name for c in found]
+    return found[0] if found else None
+
+
+def role_run(playbook: Path, stack, pg, db: str, docker_host: str, tmp_path: Path, **extra):
+    variables = stack.variables(pg, db, blue_green_runtime="docker", **extra)
+    result = run_playbook(playbook, tmp_path, variables, env={"DOCKER_HOST": docker_host})
+    (tmp_path / f"{playbook.stem}-{uuid.uuid4().hex[:8]}.log").write_text(result.output)
+    return result
+
+
+def members(stack) -> list[tuple[str, int, str]]:
+    return [(m["name"], int(m["port"]), m["version"]) for m in stack.upstream()["members"]]
+
+
+def flat(output: str) -> str:
+    return " ".join(output.split())
+
+
+def test_role_switch_with_docker_under_traffic_has_zero_failed_requests(pg, role_db, role_stack, docker_host,
+                                                                        docker_client, tmp_path):
+    """1.0.0 to blue through the role, then 2.0.0 to green under a request loop: green's container started
+    and proven healthy before nginx is pointed at it by one reload, blue's container kept as the way back."""
+    s = role_stack
+    first = role_run(APP_PLAYBOOK, s, pg, role_db, docker_host, tmp_path, blue_green_release_version="1.0.0",
+                     blue_green_expect_revision="v1_0_0")
+    assert first.rc == 0, first.output[-5000:]
+    assert s.upstream()["members"][0]["name"] == "blue"
+    assert s.health() == {"status": "ok", "version": "1.0.0", "colour": "blue", "db_revision": "v1_0_0"}
+    blue = role_container(docker_client, s, "blue")
+    assert blue is not None and blue.status == "running" and role_container(docker_client, s, "green") is None
+    assert blue.labels["org.opencontainers.image.version"] == "1.0.0"
+    assert s.programs() == {}  # no colour runs under supervisord with the docker runtime
+    nginx_pid = (s.deploy / "nginx" / "nginx.pid").read_text()
+
+    alembic(pg, role_db, "upgrade", "v2_0_0")  # expand first: 1.0.0 keeps serving on the 2.0.0 schema
+    with Traffic(s.url, ["/health", "/predictions/1", "/predictions/2"], threads=4, requests=50_000,
+                 min_requests=400) as loop:
+        res = role_run(APP_PLAYBOOK, s, pg, role_db, docker_host, tmp_path, blue_green_release_version="2.0.0",
+                       blue_green_expect_revision="v2_0_0")
+    assert res.rc == 0, res.output[-5000:]
+    assert loop.failures == [], loop.failures[:5]
+    assert len(loop.answers) >= 400
+    for client in range(4):
+        assert loop.version_changes(client) in (["1.0.0", "2.0.0"], ["2.0.0"], ["1.0.0"]), loop.version_changes(client)
+    assert loop.version_changes()[0] == "1.0.0" and loop.version_changes()[-1] == "2.0.0"
+    assert {(a.version, a.colour) for a in loop.answers} == {("1.0.0", "blue"), ("2.0.0", "green")}
+
+    # Green was started and passed its health check before nginx moved, and nginx moved by one reload.
+    output = res.output
+    started = output.index("TASK [blue_green : Start the colour's container]")
+    checked = output.index("TASK [blue_green : Run the health check of green]")
+    reload = output.index("TASK [blue_green : Reload nginx gracefully]")
+    assert started < checked < output.index("TASK [blue_green : Write the new active upstream]") < reload
+    assert output.count("TASK [blue_green : Reload nginx gracefully]") == 1
+    assert (s.deploy / "nginx" / "nginx.pid").read_text() == nginx_pid  # reloaded, never restarted
+    assert f"Switched {s.url} from blue (1.0.0) to green (2.0.0) at" in flat(output), output[-3000:]
+    assert "blue keeps running as the way back" in flat(output)
+
+    assert s.health() == {"status": "ok", "version": "2.0.0", "colour": "green", "db_revision": "v2_0_0"}
+    assert members(s) == [("green", s.ports["green"], "2.0.0")]
+    green = role_container(docker_client, s, "green")
+    assert green.status == "running" and green.labels["org.opencontainers.image.version"] == "2.0.0"
+    after = role_container(docker_client, s, "blue")  # the way back: the same container, still running
+    assert after.id == blue.id and after.status == "running"
+    assert after.attrs["State"]["StartedAt"] == blue.attrs["State"]["StartedAt"]
+    assert wait_health(s.ports["blue"], "1.0.0")["colour"] == "blue"
+
+
+def test_role_same_release_again_changes_nothing_with_docker(pg, role_db, role_stack, docker_host, docker_client,
+                                                            tmp_path):
+    s = role_stack
+    before = {colour: role_container(docker_client, s, colour).attrs for colour in s.ports}
+    res = role_run(APP_PLAYBOOK, s, pg, role_db, docker_host, tmp_path, blue_green_release_version="2.0.0",
+                   blue_green_expect_revision="v2_0_0")
+    assert res.rc == 0, res.output[-5000:]
+    assert recap_changed(res.output) == 0, res.output[-5000:]
+    assert "Release 2.0.0 is already live on green" in flat(res.output)
+    for colour, attrs in before.items():  # neither container replaced nor restarted
+        now = role_container(docker_client, s, colour).attrs
+        assert (now["Id"], now["State"]["StartedAt"], now["State"]["Running"]) == \
+            (attrs["Id"], attrs["State"]["StartedAt"], True)
+
+
+def test_role_switch_back_with_docker_has_zero_failed_requests(pg, role_db, role_stack, docker_host, docker_client,
+                                                              tmp_path):
+    """switch_back (interface (d), what the rollback role calls) to blue, still running 1.0.0: one reload
+    under traffic, then green's container is stopped (kept, not removed)."""
+    s = role_stack
+    blue_before = role_container(docker_client, s, "blue")
+    with Traffic(s.url, ["/health", "/predictions/1"], threads=4, requests=50_000, min_requests=200) as loop:
+        res = role_run(SWITCH_BACK, s, pg, role_db, docker_host, tmp_path, blue_green_switch_back_colour="blue")
+        returned = time.monotonic()
+    assert res.rc == 0, res.output[-5000:]
+    assert loop.failures == [], loop.failures[:5]
+    assert len(loop.answers) >= 200
+    # nginx's old and new workers overlap during the one reload (a client was seen going 2.0.0, 1.0.0,
+    # 2.0.0, 1.0.0 inside it); once switch_back has returned, only blue answers.
+    assert loop.version_changes()[0] == "2.0.0" and loop.version_changes()[-1] == "1.0.0"
+    after = [a for a in loop.answers if a.started > returned]
+    assert after and {(a.version, a.colour) for a in after} == {("1.0.0", "blue")}
+    assert res.output.count("TASK [blue_green : Reload nginx gracefully]") == 1
+    assert s.health()["colour"] == "blue" and s.health()["version"] == "1.0.0"
+    assert members(s) == [("blue", s.ports["blue"], "1.0.0")]
+    blue = role_container(docker_client, s, "blue")
+    assert blue.id == blue_before.id and blue.status == "running"  # already running: not restarted
+    assert blue.attrs["State"]["StartedAt"] == blue_before.attrs["State"]["StartedAt"]
+    green = role_container(docker_client, s, "green")
+    assert green is not None and green.status == "exited" and refused(s.ports["green"])
