@@ -118,7 +118,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.pgmigrate_report import chart_svg, read_progress
 from ansible.module_utils.pgmigrate_validate import describe_catalog
 
-from ansible.module_utils.pgmigrate import connect, connection_argument_spec, ops_schema_exists, sql
+from ansible.module_utils.pgmigrate import alembic_revision, connect, connection_argument_spec, ops_schema_exists, sql
 from ansible.module_utils.pgmigrate_batch import read_passes
 
 HISTORY_HEADER = ("# Migration history\n\nOne line per migration run, appended by the report phase "
@@ -146,14 +146,6 @@ def read_run(cur, schema: str, run_id: int | None) -> dict:
         run[key] = run[key].isoformat() if run[key] else None
     run["phases"] = run["phases"] or {}
     return run
-
-
-def live_revision(cur) -> str | None:
-    cur.execute("SELECT to_regclass('alembic_version') IS NOT NULL")
-    if not cur.fetchone()[0]:
-        return None
-    cur.execute("SELECT string_agg(version_num, ',' ORDER BY version_num) FROM alembic_version")
-    return cur.fetchone()[0]
 
 
 def facts_of(run: dict, phase: str) -> dict:
@@ -468,7 +460,7 @@ def main() -> None:
             runs = migration_runs(cur, p["ops_schema"], p["version"]) if ops_schema_exists(cur, p["ops_schema"]) else []
             passes = read_passes(cur, p["ops_schema"], names=[b.get("name") for b in p["plan"].get("backfills") or []],
                                  run_ids=[r["id"] for r in runs])
-            revision = live_revision(cur)
+            revision = alembic_revision(cur)
             tables = describe_catalog(cur, [p["ops_schema"]]) if p["docs_dir"] and p["data_model"] else []
             cur.execute("SELECT current_database()")
             dbname = cur.fetchone()[0]

@@ -174,14 +174,20 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible.module_utils.pgmigrate import connect, connection_argument_spec, libpq_env, ops_schema_exists, sql
+from ansible.module_utils.pgmigrate import (
+    alembic_revision,
+    connect,
+    connection_argument_spec,
+    libpq_env,
+    ops_schema_exists,
+    sql,
+)
 from ansible.module_utils.pgmigrate import pretty_bytes as pretty
 from ansible.module_utils.pgmigrate_backup import (
     CHECKSUM_METHOD,
     MANIFEST_FORMAT,
     PARTIAL_SUFFIX,
     BackupError,
-    alembic_revision,
     backup_name,
     ensure_private_dir,
     existing_parent,

@@ -118,7 +118,7 @@ import shutil
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible.module_utils.pgmigrate import connect, connection_argument_spec, resolve_table, sql
+from ansible.module_utils.pgmigrate import alembic_revision, connect, connection_argument_spec, resolve_table, sql
 from ansible.module_utils.pgmigrate import pretty_bytes as pretty
 from ansible.module_utils.pgmigrate_holds import (
     blind_holds,
@@ -288,10 +288,7 @@ def main() -> None:
             version_num, dbname, dbsize = cur.fetchone()
             result["server"] = {"version": settings.pop("server_version", ""), "version_num": version_num,
                                 "settings": settings}
-            revision = None
-            if resolve_table(cur, "alembic_version"):
-                cur.execute("SELECT string_agg(version_num, ',') FROM alembic_version")
-                revision = cur.fetchone()[0]
+            revision = alembic_revision(cur)
             result["database"] = {"name": dbname, "size_bytes": dbsize, "size": pretty(dbsize),
                                   "alembic_revision": revision}
             names = list(dict.fromkeys((plan.get("database") or {}).get("tables", [])

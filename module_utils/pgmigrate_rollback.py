@@ -16,11 +16,10 @@
 """
 from __future__ import annotations
 
-from ansible.module_utils.pgmigrate import ops_schema_exists, sql
+from ansible.module_utils.pgmigrate import alembic_revision, ops_schema_exists, resolve_table, sql
 from ansible.module_utils.pgmigrate_backup import (
     SYSTEM_SCHEMAS,
     BackupError,
-    alembic_revision,
     check_files,
     list_tables,
     manifest_path,
@@ -57,8 +56,7 @@ def find_run(cur, schema: str, run_id: int | None, version: str | None) -> dict 
 
 def rows_updated_by_run(cur, schema: str, run_id: int) -> int:
     """Rows the run's backfills committed (every batch updates its pass, so a killed run counts too)."""
-    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{schema.replace(chr(34), chr(34) * 2)}".batch_passes',))
-    if not cur.fetchone()[0]:
+    if resolve_table(cur, "batch_passes", schema=schema) is None:
         return 0
     cur.execute(sql.SQL("SELECT coalesce(sum(rows_updated), 0) FROM {}.batch_passes WHERE run_id = %s").format(
         sql.Identifier(schema)), (run_id,))
@@ -112,8 +110,8 @@ def _ident(name: str):
 
 
 def table_exists(cur, name: str) -> bool:
-    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (_ident(name).as_string(cur),))
-    return bool(cur.fetchone()[0])
+    schema, table = name.split(".", 1)
+    return resolve_table(cur, table, schema=schema) is not None
 
 
 def live_columns(cur, name: str) -> list[str]:

@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover - the module reports missing_required_li
     sql = None
     psycopg2 = None
 
-from ansible.module_utils.pgmigrate import resolve_table, table_identifier
+from ansible.module_utils.pgmigrate import primary_key_columns, resolve_table, table_identifier
 from ansible.module_utils.pgmigrate_sql import check_errors, check_fragments, wrap
 
 SAMPLE_KEYS = 5
@@ -57,13 +57,6 @@ class CheckInputError(ValueError):
 def normalise_type(name: str) -> str:
     name = " ".join(str(name).lower().split())
     return TYPE_ALIASES.get(name, name)
-
-
-def primary_key_columns(cur, oid: int) -> list[str]:
-    cur.execute("SELECT a.attname FROM pg_index i JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, n) ON true "
-                "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
-                "WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.n", (oid,))
-    return [row[0] for row in cur.fetchall()]
 
 
 def _table(cur, name: str | None, check: dict) -> dict:
