@@ -118,7 +118,14 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.pgmigrate_report import chart_svg, read_progress
 from ansible.module_utils.pgmigrate_validate import describe_catalog
 
-from ansible.module_utils.pgmigrate import alembic_revision, connect, connection_argument_spec, ops_schema_exists, sql
+from ansible.module_utils.pgmigrate import (
+    alembic_revision,
+    connect,
+    connection_argument_spec,
+    ops_schema_exists,
+    read_run,
+    sql,
+)
 from ansible.module_utils.pgmigrate_batch import read_passes
 
 HISTORY_HEADER = ("# Migration history\n\nOne line per migration run, appended by the report phase "
@@ -127,25 +134,6 @@ HISTORY_HEADER = ("# Migration history\n\nOne line per migration run, appended b
                   "validation | report |\n|---|---|---|---|---|---|---|---|---|---|\n")
 RUNBOOK_ORDER = {name: i for i, name in enumerate(
     ("plan", "backup", "schema", "data", "deploy", "validate", "report", "rollback"))}
-
-
-def read_run(cur, schema: str, run_id: int | None) -> dict:
-    if not run_id or not ops_schema_exists(cur, schema):
-        return {}
-    cols = ["id", "kind", "version", "from_version", "from_revision", "to_revision", "status", "started_at",
-            "finished_at", "operator", "control_host", "backup_path", "backup_verified", "phases", "error"]
-    cur.execute(sql.SQL("SELECT {}, extract(epoch FROM clock_timestamp() - started_at) FROM {}.runs "
-                        "WHERE id = %s").format(sql.SQL(", ").join(map(sql.Identifier, cols)),
-                                                sql.Identifier(schema)), (run_id,))
-    row = cur.fetchone()
-    if row is None:
-        return {}
-    run = dict(zip(cols, row[:-1]))
-    run["elapsed_s"] = round(float(row[-1]), 1)
-    for key in ("started_at", "finished_at"):
-        run[key] = run[key].isoformat() if run[key] else None
-    run["phases"] = run["phases"] or {}
-    return run
 
 
 def facts_of(run: dict, phase: str) -> dict:
@@ -456,7 +444,7 @@ def main() -> None:
     conn.set_session(readonly=True)
     try:
         with conn.cursor() as cur:
-            run = read_run(cur, p["ops_schema"], p["run_id"])
+            run = read_run(cur, p["ops_schema"], p["run_id"]) or {}
             runs = migration_runs(cur, p["ops_schema"], p["version"]) if ops_schema_exists(cur, p["ops_schema"]) else []
             passes = read_passes(cur, p["ops_schema"], names=[b.get("name") for b in p["plan"].get("backfills") or []],
                                  run_ids=[r["id"] for r in runs])

@@ -203,6 +203,52 @@ def ops_schema_exists(cur, schema: str) -> bool:
     return resolve_table(cur, "runs", schema=schema) is not None
 
 
+# The ledger's columns, as every reader returns them (runs in ensure_ops_schema below).
+RUN_COLUMNS = ("id", "kind", "version", "from_version", "to_version", "from_revision", "to_revision", "status",
+               "started_at", "finished_at", "operator", "control_host", "backup_path", "backup_verified",
+               "phases", "error")
+
+
+def _select_runs(cur, schema: str, where, params: tuple, limit: int | None, times: bool) -> list[dict]:
+    columns = [sql.Identifier(c) for c in RUN_COLUMNS]
+    if times:
+        columns += [sql.SQL("extract(epoch FROM started_at)"),
+                    sql.SQL("extract(epoch FROM clock_timestamp() - started_at)")]
+    stmt = sql.SQL("SELECT {} FROM {}.runs WHERE {} ORDER BY id DESC").format(
+        sql.SQL(", ").join(columns), sql.Identifier(schema), where)
+    if limit is not None:
+        stmt += sql.SQL(" LIMIT %s")
+        params = tuple(params) + (limit,)
+    cur.execute(stmt, params)
+    runs = []
+    for row in cur.fetchall():
+        run = dict(zip(RUN_COLUMNS, row))
+        for key in ("started_at", "finished_at"):
+            run[key] = run[key].isoformat() if run[key] else None
+        run["phases"] = run["phases"] or {}
+        if times:
+            run["started_epoch"] = float(row[len(RUN_COLUMNS)])
+            run["elapsed_s"] = round(float(row[len(RUN_COLUMNS) + 1]), 1)
+        runs.append(run)
+    return runs
+
+
+def read_runs(cur, schema: str, where=None, params: tuple = (), limit: int | None = None) -> list[dict]:
+    """Runs of the ledger in ``schema``, newest first: {column: value} for RUN_COLUMNS, timestamps as ISO 8601,
+    phases {} when empty.  ``where`` is a psycopg2.sql condition with %s placeholders for ``params``.
+    The caller checks that the ledger exists (ops_schema_exists)."""
+    return _select_runs(cur, schema, where if where is not None else sql.SQL("true"), params, limit, times=False)
+
+
+def read_run(cur, schema: str, run_id: int | None) -> dict | None:
+    """The run ``run_id`` of the ledger (as read_runs gives it, plus ``started_epoch``, its start as Unix time,
+    and ``elapsed_s``, its age on the database's clock), or None when there is no such run or no ledger."""
+    if not run_id or not ops_schema_exists(cur, schema):
+        return None
+    found = _select_runs(cur, schema, sql.SQL("id = %s"), (run_id,), 1, times=True)
+    return found[0] if found else None
+
+
 def ensure_ops_schema(cur, schema: str) -> bool:
     """Create the ledger schema (runs, lock) if missing.  Returns True when it created it.
 

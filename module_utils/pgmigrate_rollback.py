@@ -16,7 +16,14 @@
 """
 from __future__ import annotations
 
-from ansible.module_utils.pgmigrate import alembic_revision, ops_schema_exists, resolve_table, sql
+from ansible.module_utils.pgmigrate import (
+    RUN_COLUMNS,
+    alembic_revision,
+    ops_schema_exists,
+    read_runs,
+    resolve_table,
+    sql,
+)
 from ansible.module_utils.pgmigrate_backup import (
     SYSTEM_SCHEMAS,
     BackupError,
@@ -26,8 +33,6 @@ from ansible.module_utils.pgmigrate_backup import (
     read_manifest,
 )
 
-RUN_COLUMNS = ("id", "kind", "version", "from_version", "from_revision", "to_revision", "status", "started_at",
-               "finished_at", "backup_path", "backup_verified", "phases", "error")
 MIGRATION_KINDS = ("migrate", "phase")
 STRATEGIES = ("auto", "downgrade", "restore")
 
@@ -37,21 +42,12 @@ class RollbackRefused(Exception):
 
 
 def find_run(cur, schema: str, run_id: int | None, version: str | None) -> dict | None:
-    s = sql.Identifier(schema)
-    cols = sql.SQL(", ").join(map(sql.Identifier, RUN_COLUMNS))
     if run_id:
-        cur.execute(sql.SQL("SELECT {} FROM {}.runs WHERE id = %s").format(cols, s), (run_id,))
+        found = read_runs(cur, schema, sql.SQL("id = %s"), (run_id,), limit=1)
     else:
-        cur.execute(sql.SQL("SELECT {} FROM {}.runs WHERE version = %s AND kind = ANY(%s) "
-                            "ORDER BY id DESC LIMIT 1").format(cols, s), (version, list(MIGRATION_KINDS)))
-    row = cur.fetchone()
-    if row is None:
-        return None
-    run = dict(zip(RUN_COLUMNS, row))
-    for key in ("started_at", "finished_at"):
-        run[key] = run[key].isoformat() if run[key] else None
-    run["phases"] = run["phases"] or {}
-    return run
+        found = read_runs(cur, schema, sql.SQL("version = %s AND kind = ANY(%s)"), (version, list(MIGRATION_KINDS)),
+                          limit=1)
+    return found[0] if found else None
 
 
 def rows_updated_by_run(cur, schema: str, run_id: int) -> int:
