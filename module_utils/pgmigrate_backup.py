@@ -86,6 +86,28 @@ def fingerprint_tables(cur, tables: list[tuple[str, str]]) -> dict:
     return {f"{s}.{t}": table_fingerprint(cur, s, t) for s, t in tables}
 
 
+def database_fingerprints(conn, manifest: dict) -> dict:
+    """fingerprint_tables of every table a restored copy holds (the manifest's excluded schemas left out), read
+    in one read-only transaction of ``conn``."""
+    conn.set_session(readonly=True)
+    with conn.cursor() as cur:
+        found = fingerprint_tables(cur, list_tables(cur, manifest.get("excluded_schemas", [])))
+    conn.rollback()
+    return found
+
+
+def create_database_like(cur, name: str, manifest: dict) -> None:
+    """CREATE DATABASE name from template0 with the backed-up database's encoding and collation (when its manifest
+    records them); on an autocommit connection."""
+    settings = manifest.get("database_settings") or {}
+    stmt = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
+    params: list = []
+    if settings.get("encoding"):
+        stmt += sql.SQL(" ENCODING %s LC_COLLATE %s LC_CTYPE %s")
+        params = [settings["encoding"], settings["collate"], settings["ctype"]]
+    cur.execute(stmt, params)
+
+
 # Columns whose value says when a row was written: rows newer than the backup's snapshot are
 # rows a restore would discard (pgmigrate_rollback.py).  Only these names, never guessed from types.
 WRITE_TIME_COLUMNS = ("created_at", "updated_at", "modified_at", "inserted_at", "last_modified", "changed_at")
@@ -385,7 +407,10 @@ def find_run_backups(backup_dir: str, database: str) -> list[dict]:
     return found
 
 
-def timed(fn, *args, **kwargs):
+def timed(durations: dict, key: str, fn, *args, **kwargs):
+    """fn(*args, **kwargs), its seconds recorded as durations[key] (rounded to ms) also when it raises."""
     start = time.monotonic()
-    value = fn(*args, **kwargs)
-    return value, round(time.monotonic() - start, 3)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        durations[key] = round(time.monotonic() - start, 3)
