@@ -8,6 +8,7 @@ import ast
 import importlib.util
 
 import ansible.module_utils
+import pytest
 import yaml
 from conftest import ROOT
 
@@ -131,6 +132,25 @@ HOSTILE_SCHEMA = 'Odd "Schema"; DROP SCHEMA public --'
 HOSTILE_TABLE = 'MiXed "Case" Table\'s; DROP TABLE x'
 
 
+@pytest.fixture
+def cur(pg):
+    """An autocommit cursor in a new database of the session's cluster, dropped after the test."""
+    db = pg.create_database()
+    conn = pg.connect(db)
+    try:
+        with conn.cursor() as cursor:
+            yield cursor
+    finally:
+        conn.close()
+        pg.drop_database(db)
+
+
+def create_hostile_schema(cur) -> None:
+    from psycopg2 import sql
+
+    cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(HOSTILE_SCHEMA)))
+
+
 def test_resolve_table_has_one_definition_used_by_every_lookup():
     assert [f.split(":")[0] for f in functions_named("resolve_table")] == ["module_utils/pgmigrate.py"]
     assert functions_named("split_table") == [] and functions_named("live_revision") == []
@@ -144,53 +164,46 @@ def test_resolve_table_has_one_definition_used_by_every_lookup():
     assert [f.split(":")[0] for f in functions_named("alembic_revision")] == ["module_utils/pgmigrate.py"]
 
 
-def test_resolve_table_finds_a_hostile_mixed_case_name_in_a_non_public_schema(pg):
+def test_resolve_table_finds_a_hostile_mixed_case_name_in_a_non_public_schema(cur):
     from psycopg2 import sql
 
     from ansible.module_utils.pgmigrate import alembic_revision, ops_schema_exists, resolve_table
 
-    db = pg.create_database()
-    conn = pg.connect(db)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(HOSTILE_SCHEMA)))
-            cur.execute(sql.SQL("CREATE TABLE {} (id int)").format(sql.Identifier(HOSTILE_SCHEMA, HOSTILE_TABLE)))
-            cur.execute(sql.SQL("CREATE TABLE {} (d date) PARTITION BY RANGE (d)").format(
-                sql.Identifier(HOSTILE_SCHEMA, "parted")))
-            cur.execute(sql.SQL("CREATE VIEW {} AS SELECT 1 AS one").format(sql.Identifier(HOSTILE_SCHEMA, "a.view")))
-            cur.execute(sql.SQL("CREATE TABLE {} (x int)").format(sql.Identifier(HOSTILE_SCHEMA, "with.dot")))
-            cur.execute("SELECT %s::regclass::oid", (sql.Identifier(HOSTILE_SCHEMA, HOSTILE_TABLE).as_string(cur),))
-            oid = cur.fetchone()[0]
+    create_hostile_schema(cur)
+    cur.execute(sql.SQL("CREATE TABLE {} (id int)").format(sql.Identifier(HOSTILE_SCHEMA, HOSTILE_TABLE)))
+    cur.execute(sql.SQL("CREATE TABLE {} (d date) PARTITION BY RANGE (d)").format(
+        sql.Identifier(HOSTILE_SCHEMA, "parted")))
+    cur.execute(sql.SQL("CREATE VIEW {} AS SELECT 1 AS one").format(sql.Identifier(HOSTILE_SCHEMA, "a.view")))
+    cur.execute(sql.SQL("CREATE TABLE {} (x int)").format(sql.Identifier(HOSTILE_SCHEMA, "with.dot")))
+    cur.execute("SELECT %s::regclass::oid", (sql.Identifier(HOSTILE_SCHEMA, HOSTILE_TABLE).as_string(cur),))
+    oid = cur.fetchone()[0]
 
-            found = resolve_table(cur, HOSTILE_TABLE, schema=HOSTILE_SCHEMA)
-            assert (found["schema"], found["table"], found["oid"]) == (HOSTILE_SCHEMA, HOSTILE_TABLE, oid)
-            assert resolve_table(cur, f"{HOSTILE_SCHEMA}.{HOSTILE_TABLE}")["oid"] == oid
-            assert resolve_table(cur, HOSTILE_TABLE.lower(), schema=HOSTILE_SCHEMA) is None  # taken literally
-            assert resolve_table(cur, HOSTILE_TABLE) is None  # not in the search_path
-            assert resolve_table(cur, "parted", schema=HOSTILE_SCHEMA) is not None  # partitioned tables count
-            assert resolve_table(cur, "a.view", schema=HOSTILE_SCHEMA) is None  # a view is no table
-            assert resolve_table(cur, "with.dot", schema=HOSTILE_SCHEMA)["table"] == "with.dot"
-            cur.execute(sql.SQL("SET search_path = {}, public").format(sql.Identifier(HOSTILE_SCHEMA)))
-            assert resolve_table(cur, HOSTILE_TABLE)["oid"] == oid
-            try:
-                resolve_table(cur, "a.b.c")
-            except ValueError as exc:
-                assert "'table' or 'schema.table'" in str(exc)
-            else:
-                raise AssertionError("a name with two dots was guessed at")
-            # Built on it: the ledger check and the Alembic revision.
-            assert ops_schema_exists(cur, HOSTILE_SCHEMA) is False
-            cur.execute(sql.SQL("CREATE TABLE {} (id int)").format(sql.Identifier(HOSTILE_SCHEMA, "runs")))
-            assert ops_schema_exists(cur, HOSTILE_SCHEMA) is True
-            assert alembic_revision(cur) is None
-            cur.execute(sql.SQL("CREATE TABLE {} (version_num text)").format(
-                sql.Identifier(HOSTILE_SCHEMA, "alembic_version")))
-            cur.execute(sql.SQL("INSERT INTO {} VALUES ('b2'), ('a1')").format(
-                sql.Identifier(HOSTILE_SCHEMA, "alembic_version")))
-            assert alembic_revision(cur) == "a1,b2"
-    finally:
-        conn.close()
-        pg.drop_database(db)
+    found = resolve_table(cur, HOSTILE_TABLE, schema=HOSTILE_SCHEMA)
+    assert (found["schema"], found["table"], found["oid"]) == (HOSTILE_SCHEMA, HOSTILE_TABLE, oid)
+    assert resolve_table(cur, f"{HOSTILE_SCHEMA}.{HOSTILE_TABLE}")["oid"] == oid
+    assert resolve_table(cur, HOSTILE_TABLE.lower(), schema=HOSTILE_SCHEMA) is None  # taken literally
+    assert resolve_table(cur, HOSTILE_TABLE) is None  # not in the search_path
+    assert resolve_table(cur, "parted", schema=HOSTILE_SCHEMA) is not None  # partitioned tables count
+    assert resolve_table(cur, "a.view", schema=HOSTILE_SCHEMA) is None  # a view is no table
+    assert resolve_table(cur, "with.dot", schema=HOSTILE_SCHEMA)["table"] == "with.dot"
+    cur.execute(sql.SQL("SET search_path = {}, public").format(sql.Identifier(HOSTILE_SCHEMA)))
+    assert resolve_table(cur, HOSTILE_TABLE)["oid"] == oid
+    try:
+        resolve_table(cur, "a.b.c")
+    except ValueError as exc:
+        assert "'table' or 'schema.table'" in str(exc)
+    else:
+        raise AssertionError("a name with two dots was guessed at")
+    # Built on it: the ledger check and the Alembic revision.
+    assert ops_schema_exists(cur, HOSTILE_SCHEMA) is False
+    cur.execute(sql.SQL("CREATE TABLE {} (id int)").format(sql.Identifier(HOSTILE_SCHEMA, "runs")))
+    assert ops_schema_exists(cur, HOSTILE_SCHEMA) is True
+    assert alembic_revision(cur) is None
+    cur.execute(sql.SQL("CREATE TABLE {} (version_num text)").format(
+        sql.Identifier(HOSTILE_SCHEMA, "alembic_version")))
+    cur.execute(sql.SQL("INSERT INTO {} VALUES ('b2'), ('a1')").format(
+        sql.Identifier(HOSTILE_SCHEMA, "alembic_version")))
+    assert alembic_revision(cur) == "a1,b2"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -206,35 +219,28 @@ def test_primary_key_query_has_one_definition():
         assert "primary_key_columns" in imported_from(user, "pgmigrate"), user
 
 
-def test_primary_key_columns_of_a_composite_key_in_key_order(pg):
+def test_primary_key_columns_of_a_composite_key_in_key_order(cur):
     from psycopg2 import sql
 
     from ansible.module_utils.pgmigrate import primary_key_columns, resolve_table
     from ansible.module_utils.pgmigrate_backup import table_watermarks
 
-    db = pg.create_database()
-    conn = pg.connect(db)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(HOSTILE_SCHEMA)))
-            # Columns in table order a, "B b", c; the key in another order.
-            cur.execute(sql.SQL('CREATE TABLE {} (a int, "B b" text, c int, PRIMARY KEY (c, "B b", a))').format(
-                sql.Identifier(HOSTILE_SCHEMA, HOSTILE_TABLE)))
-            cur.execute(sql.SQL("CREATE TABLE {} (a int, b int)").format(sql.Identifier(HOSTILE_SCHEMA, "nokey")))
-            cur.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, created_at timestamptz)").format(
-                sql.Identifier(HOSTILE_SCHEMA, "single")))
-            cur.execute(sql.SQL("INSERT INTO {} VALUES (7, now()), (42, now())").format(
-                sql.Identifier(HOSTILE_SCHEMA, "single")))
-            composite = resolve_table(cur, HOSTILE_TABLE, schema=HOSTILE_SCHEMA)["oid"]
-            assert primary_key_columns(cur, composite) == ["c", "B b", "a"]
-            assert primary_key_columns(cur, resolve_table(cur, "nokey", schema=HOSTILE_SCHEMA)["oid"]) == []
-            marks = table_watermarks(cur, [(HOSTILE_SCHEMA, HOSTILE_TABLE), (HOSTILE_SCHEMA, "single")])
-            assert marks[f"{HOSTILE_SCHEMA}.{HOSTILE_TABLE}"]["key"] is None  # composite: no single integer key
-            assert marks[f"{HOSTILE_SCHEMA}.single"] == {"columns": ["id", "created_at"], "key": "id", "max_key": 42,
-                                                        "write_time_columns": ["created_at"]}
-    finally:
-        conn.close()
-        pg.drop_database(db)
+    create_hostile_schema(cur)
+    # Columns in table order a, "B b", c; the key in another order.
+    cur.execute(sql.SQL('CREATE TABLE {} (a int, "B b" text, c int, PRIMARY KEY (c, "B b", a))').format(
+        sql.Identifier(HOSTILE_SCHEMA, HOSTILE_TABLE)))
+    cur.execute(sql.SQL("CREATE TABLE {} (a int, b int)").format(sql.Identifier(HOSTILE_SCHEMA, "nokey")))
+    cur.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, created_at timestamptz)").format(
+        sql.Identifier(HOSTILE_SCHEMA, "single")))
+    cur.execute(sql.SQL("INSERT INTO {} VALUES (7, now()), (42, now())").format(
+        sql.Identifier(HOSTILE_SCHEMA, "single")))
+    composite = resolve_table(cur, HOSTILE_TABLE, schema=HOSTILE_SCHEMA)["oid"]
+    assert primary_key_columns(cur, composite) == ["c", "B b", "a"]
+    assert primary_key_columns(cur, resolve_table(cur, "nokey", schema=HOSTILE_SCHEMA)["oid"]) == []
+    marks = table_watermarks(cur, [(HOSTILE_SCHEMA, HOSTILE_TABLE), (HOSTILE_SCHEMA, "single")])
+    assert marks[f"{HOSTILE_SCHEMA}.{HOSTILE_TABLE}"]["key"] is None  # composite: no single integer key
+    assert marks[f"{HOSTILE_SCHEMA}.single"] == {"columns": ["id", "created_at"], "key": "id", "max_key": 42,
+                                                "write_time_columns": ["created_at"]}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -264,37 +270,30 @@ def test_read_run_has_one_definition_and_one_column_list():
     assert "read_runs" in imported_from("module_utils/pgmigrate_rollback.py", "pgmigrate")
 
 
-def test_read_run_reads_every_ledger_column(pg):
+def test_read_run_reads_every_ledger_column(cur):
     from psycopg2 import sql
 
     from ansible.module_utils.pgmigrate import RUN_COLUMNS, ensure_ops_schema, read_run, read_runs
 
-    db = pg.create_database()
-    conn = pg.connect(db)
-    try:
-        with conn.cursor() as cur:
-            assert read_run(cur, HOSTILE_SCHEMA, 1) is None  # no ledger yet
-            ensure_ops_schema(cur, HOSTILE_SCHEMA)
-            runs = sql.Identifier(HOSTILE_SCHEMA, "runs")
-            cur.execute(sql.SQL("INSERT INTO {} (version, operator, to_version) VALUES ('1.0.0', 'ann', '1.0.0'), "
-                                "('2.0.0', 'bob', '2.0.0') RETURNING id").format(runs))
-            first, second = (r[0] for r in cur.fetchall())
-            cur.execute(sql.SQL("UPDATE {} SET phases = '{{\"plan\": {{\"status\": \"ok\"}}}}', "
-                                "finished_at = started_at WHERE id = %s").format(runs), (second,))
-            run = read_run(cur, HOSTILE_SCHEMA, second)
-            assert set(run) == set(RUN_COLUMNS) | {"started_epoch", "elapsed_s"}
-            assert run["id"] == second and run["version"] == "2.0.0" and run["to_version"] == "2.0.0"
-            assert run["operator"] == "bob" and run["phases"] == {"plan": {"status": "ok"}}
-            assert run["finished_at"] == run["started_at"] and "T" in run["started_at"]
-            assert isinstance(run["started_epoch"], float) and run["elapsed_s"] >= 0
-            assert read_run(cur, HOSTILE_SCHEMA, second + 100) is None and read_run(cur, HOSTILE_SCHEMA, None) is None
-            assert [r["id"] for r in read_runs(cur, HOSTILE_SCHEMA)] == [second, first]  # newest first
-            only = read_runs(cur, HOSTILE_SCHEMA, sql.SQL("version = %s"), ("1.0.0",), limit=1)
-            assert [r["id"] for r in only] == [first] and set(only[0]) == set(RUN_COLUMNS)
-            assert only[0]["finished_at"] is None and only[0]["phases"] == {}
-    finally:
-        conn.close()
-        pg.drop_database(db)
+    assert read_run(cur, HOSTILE_SCHEMA, 1) is None  # no ledger yet
+    ensure_ops_schema(cur, HOSTILE_SCHEMA)
+    runs = sql.Identifier(HOSTILE_SCHEMA, "runs")
+    cur.execute(sql.SQL("INSERT INTO {} (version, operator, to_version) VALUES ('1.0.0', 'ann', '1.0.0'), "
+                        "('2.0.0', 'bob', '2.0.0') RETURNING id").format(runs))
+    first, second = (r[0] for r in cur.fetchall())
+    cur.execute(sql.SQL("UPDATE {} SET phases = '{{\"plan\": {{\"status\": \"ok\"}}}}', "
+                        "finished_at = started_at WHERE id = %s").format(runs), (second,))
+    run = read_run(cur, HOSTILE_SCHEMA, second)
+    assert set(run) == set(RUN_COLUMNS) | {"started_epoch", "elapsed_s"}
+    assert run["id"] == second and run["version"] == "2.0.0" and run["to_version"] == "2.0.0"
+    assert run["operator"] == "bob" and run["phases"] == {"plan": {"status": "ok"}}
+    assert run["finished_at"] == run["started_at"] and "T" in run["started_at"]
+    assert isinstance(run["started_epoch"], float) and run["elapsed_s"] >= 0
+    assert read_run(cur, HOSTILE_SCHEMA, second + 100) is None and read_run(cur, HOSTILE_SCHEMA, None) is None
+    assert [r["id"] for r in read_runs(cur, HOSTILE_SCHEMA)] == [second, first]  # newest first
+    only = read_runs(cur, HOSTILE_SCHEMA, sql.SQL("version = %s"), ("1.0.0",), limit=1)
+    assert [r["id"] for r in only] == [first] and set(only[0]) == set(RUN_COLUMNS)
+    assert only[0]["finished_at"] is None and only[0]["phases"] == {}
 
 
 # ---------------------------------------------------------------------------------------------------------------
