@@ -43,7 +43,7 @@ def estimate_lines(preflight: dict, plan: dict, last_success: dict | None = None
     if disk:
         verdict = "enough" if disk.get("enough") else "NOT ENOUGH"
         lines.append(f"Backup dir {disk['backup_dir']}: {disk['free']} free, needs ~{_pretty(disk['needed_bytes'])} "
-                     f"(database size + 20%): {verdict}")
+                     f"(database size x {disk.get('disk_margin', '?')}): {verdict}")
     if last_success:
         phases = last_success.get("phases") or {}
         durations = ", ".join(f"{name} {info.get('duration_s', '?')} s" for name, info in phases.items()

@@ -453,9 +453,7 @@ class Migrator:
         conn = connect(self.module, application_name="pgmigrate-ops:alembic_migrate")
         try:
             with conn.cursor() as cur:
-                table = self.p["version_table"]
-                name = f"{self.p['version_table_schema']}.{table}" if self.p["version_table_schema"] else table
-                found = resolve_table(cur, name)
+                found = resolve_table(cur, self.p["version_table"], schema=self.p["version_table_schema"] or None)
                 if found is None:
                     return None
                 cur.execute(sql.SQL("SELECT version_num FROM {} ORDER BY version_num").format(
@@ -651,7 +649,7 @@ class Migrator:
         conn = connect(self.module)
         try:
             with conn.cursor() as cur:
-                if not ops_schema_exists(cur, schema) or resolve_table(cur, f"{schema}.sql_migrations") is None:
+                if not ops_schema_exists(cur, schema) or resolve_table(cur, "sql_migrations", schema=schema) is None:
                     return {}
                 cur.execute(sql.SQL("SELECT name, sha256 FROM {}").format(sql.Identifier(schema, "sql_migrations")))
                 return dict(cur.fetchall())

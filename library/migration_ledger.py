@@ -116,27 +116,9 @@ import json
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible.module_utils.pgmigrate import connect, connection_argument_spec, ops_schema_exists, sql
+from ansible.module_utils.pgmigrate import connect, connection_argument_spec, ops_schema_exists, read_runs, sql
 
 ALLOWED_FIELDS = ("from_revision", "to_revision", "backup_path", "backup_verified")
-RUN_COLUMNS = ("id", "kind", "version", "from_version", "to_version", "from_revision", "to_revision", "status",
-               "started_at", "finished_at", "operator", "control_host", "backup_path", "backup_verified",
-               "phases", "error")
-
-
-def fetch_runs(cur, schema: str, where: sql.Composable, params: tuple, limit: int) -> list[dict]:
-    cur.execute(sql.SQL("SELECT {cols} FROM {s}.runs WHERE {where} ORDER BY id DESC LIMIT %s").format(
-        cols=sql.SQL(", ").join(map(sql.Identifier, RUN_COLUMNS)), s=sql.Identifier(schema), where=where),
-        params + (limit,))
-    runs = []
-    for row in cur.fetchall():
-        run = dict(zip(RUN_COLUMNS, row))
-        for key in ("started_at", "finished_at"):
-            run[key] = run[key].isoformat() if run[key] else None
-        runs.append(run)
-    return runs
-
-
 def record(module, cur, schema: str, p: dict) -> dict:
     s = sql.Identifier(schema)
     cur.execute(sql.SQL("SELECT phases, status FROM {}.runs WHERE id = %s FOR UPDATE").format(s), (p["run_id"],))
@@ -185,7 +167,7 @@ def record(module, cur, schema: str, p: dict) -> dict:
                 params + [p["run_id"]])
     cur.execute(sql.SQL("UPDATE {}.lock SET heartbeat_at = clock_timestamp() WHERE run_id = %s").format(s),
                 (p["run_id"],))
-    run = fetch_runs(cur, schema, sql.SQL("id = %s"), (p["run_id"],), 1)[0]
+    run = read_runs(cur, schema, sql.SQL("id = %s"), (p["run_id"],), 1)[0]
     return {"changed": True, "run": run}
 
 
@@ -217,8 +199,8 @@ def main() -> None:
                 if not ops_schema_exists(cur, schema):
                     result = {"changed": False, "runs": [], "last_success": None}
                 else:
-                    runs = fetch_runs(cur, schema, sql.SQL("version = %s"), (p["version"],), p["limit"])
-                    ok = fetch_runs(cur, schema, sql.SQL("version = %s AND status = 'succeeded'"), (p["version"],), 1)
+                    runs = read_runs(cur, schema, sql.SQL("version = %s"), (p["version"],), p["limit"])
+                    ok = read_runs(cur, schema, sql.SQL("version = %s AND status = 'succeeded'"), (p["version"],), 1)
                     result = {"changed": False, "runs": runs, "last_success": ok[0] if ok else None}
             else:
                 if not ops_schema_exists(cur, schema):

@@ -108,12 +108,12 @@ from ansible.module_utils.pgmigrate import (
     connection_kwargs,
     ops_schema_exists,
     psycopg2,
-    sql,
+    read_run,
 )
 from ansible.module_utils.pgmigrate_metrics import render, write_textfile
 
 
-def read_run(module, run_id: int | None) -> tuple[dict, str | None]:
+def ledger_run(module, run_id: int | None) -> tuple[dict, str | None]:
     """The run's ledger row, or {} and the reason it could not be read (never fails the module:
     the failure path calls this module when the database itself may be the problem)."""
     if not run_id:
@@ -132,19 +132,15 @@ def read_run(module, run_id: int | None) -> tuple[dict, str | None]:
             schema = module.params["ops_schema"]
             if not ops_schema_exists(cur, schema):
                 return {}, f"no run ledger in schema {schema}"
-            cur.execute(sql.SQL("SELECT id, version, from_version, kind, status, phases, "
-                                "extract(epoch FROM started_at) FROM {}.runs WHERE id = %s").format(
-                sql.Identifier(schema)), (run_id,))
-            row = cur.fetchone()
+            run = read_run(cur, schema, run_id)
     except psycopg2.Error as exc:
         return {}, f"could not read the run ledger: {str(exc).strip()}"
     finally:
         conn.rollback()
         conn.close()
-    if row is None:
+    if run is None:
         return {}, f"run #{run_id} is not in the ledger"
-    return {"id": row[0], "version": row[1], "from_version": row[2], "kind": row[3], "status": row[4],
-            "phases": row[5] or {}, "started_epoch": float(row[6])}, None
+    return run, None
 
 
 def main() -> None:
@@ -164,7 +160,7 @@ def main() -> None:
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
-    run, problem = read_run(module, p["run_id"])
+    run, problem = ledger_run(module, p["run_id"])
     if problem:
         module.warn(f"metrics without the ledger's phase timings: {problem}")
     if not run:

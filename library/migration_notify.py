@@ -139,12 +139,12 @@ delivered:
 import json
 import smtplib
 import ssl
-import urllib.error
-import urllib.request
 from email.message import EmailMessage
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.pgmigrate_report import redact, redact_data
+
+from ansible.module_utils.pgmigrate_http import http_request
 
 ICONS = {"started": ":arrow_forward:", "succeeded": ":white_check_mark:", "failed": ":x:",
          "rolled_back": ":leftwards_arrow_with_hook:"}
@@ -176,15 +176,11 @@ def build_message(p: dict) -> tuple[str, str, dict]:
 
 
 def post_webhook(url: str, payload: dict, timeout: float) -> str | None:
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return None if 200 <= response.status < 300 else f"HTTP {response.status}"
-    except urllib.error.HTTPError as exc:
-        return f"HTTP {exc.code}"
-    except (urllib.error.URLError, OSError) as exc:
-        return f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+    answer = http_request(url, method="POST", data=json.dumps(payload).encode(),
+                          headers={"Content-Type": "application/json"}, timeout=timeout)
+    if answer.status == 0:
+        return answer.error
+    return None if 200 <= answer.status < 300 else f"HTTP {answer.status}"
 
 
 def send_mail(p: dict, subject: str, text: str) -> str | None:

@@ -118,7 +118,14 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.pgmigrate_report import chart_svg, read_progress
 from ansible.module_utils.pgmigrate_validate import describe_catalog
 
-from ansible.module_utils.pgmigrate import connect, connection_argument_spec, ops_schema_exists, sql
+from ansible.module_utils.pgmigrate import (
+    alembic_revision,
+    connect,
+    connection_argument_spec,
+    ops_schema_exists,
+    read_run,
+    sql,
+)
 from ansible.module_utils.pgmigrate_batch import read_passes
 
 HISTORY_HEADER = ("# Migration history\n\nOne line per migration run, appended by the report phase "
@@ -127,33 +134,6 @@ HISTORY_HEADER = ("# Migration history\n\nOne line per migration run, appended b
                   "validation | report |\n|---|---|---|---|---|---|---|---|---|---|\n")
 RUNBOOK_ORDER = {name: i for i, name in enumerate(
     ("plan", "backup", "schema", "data", "deploy", "validate", "report", "rollback"))}
-
-
-def read_run(cur, schema: str, run_id: int | None) -> dict:
-    if not run_id or not ops_schema_exists(cur, schema):
-        return {}
-    cols = ["id", "kind", "version", "from_version", "from_revision", "to_revision", "status", "started_at",
-            "finished_at", "operator", "control_host", "backup_path", "backup_verified", "phases", "error"]
-    cur.execute(sql.SQL("SELECT {}, extract(epoch FROM clock_timestamp() - started_at) FROM {}.runs "
-                        "WHERE id = %s").format(sql.SQL(", ").join(map(sql.Identifier, cols)),
-                                                sql.Identifier(schema)), (run_id,))
-    row = cur.fetchone()
-    if row is None:
-        return {}
-    run = dict(zip(cols, row[:-1]))
-    run["elapsed_s"] = round(float(row[-1]), 1)
-    for key in ("started_at", "finished_at"):
-        run[key] = run[key].isoformat() if run[key] else None
-    run["phases"] = run["phases"] or {}
-    return run
-
-
-def live_revision(cur) -> str | None:
-    cur.execute("SELECT to_regclass('alembic_version') IS NOT NULL")
-    if not cur.fetchone()[0]:
-        return None
-    cur.execute("SELECT string_agg(version_num, ',' ORDER BY version_num) FROM alembic_version")
-    return cur.fetchone()[0]
 
 
 def facts_of(run: dict, phase: str) -> dict:
@@ -464,11 +444,11 @@ def main() -> None:
     conn.set_session(readonly=True)
     try:
         with conn.cursor() as cur:
-            run = read_run(cur, p["ops_schema"], p["run_id"])
+            run = read_run(cur, p["ops_schema"], p["run_id"]) or {}
             runs = migration_runs(cur, p["ops_schema"], p["version"]) if ops_schema_exists(cur, p["ops_schema"]) else []
             passes = read_passes(cur, p["ops_schema"], names=[b.get("name") for b in p["plan"].get("backfills") or []],
                                  run_ids=[r["id"] for r in runs])
-            revision = live_revision(cur)
+            revision = alembic_revision(cur)
             tables = describe_catalog(cur, [p["ops_schema"]]) if p["docs_dir"] and p["data_model"] else []
             cur.execute("SELECT current_database()")
             dbname = cur.fetchone()[0]

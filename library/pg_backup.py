@@ -174,17 +174,22 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible.module_utils.pgmigrate import connect, connection_argument_spec, libpq_env, ops_schema_exists, sql
+from ansible.module_utils.pgmigrate import (
+    alembic_revision,
+    connect,
+    connection_argument_spec,
+    libpq_env,
+    ops_schema_exists,
+    sql,
+)
 from ansible.module_utils.pgmigrate import pretty_bytes as pretty
 from ansible.module_utils.pgmigrate_backup import (
     CHECKSUM_METHOD,
     MANIFEST_FORMAT,
     PARTIAL_SUFFIX,
     BackupError,
-    alembic_revision,
     backup_name,
     ensure_private_dir,
-    existing_parent,
     file_digests,
     find_run_backups,
     find_tool,
@@ -202,7 +207,7 @@ from ansible.module_utils.pgmigrate_backup import (
     utc_stamp,
     write_manifest,
 )
-from ansible.module_utils.pgmigrate_paths import ephemeral_reason
+from ansible.module_utils.pgmigrate_paths import DEFAULT_DISK_MARGIN, ephemeral_reason, free_space
 
 
 def preflight(module, conn, p: dict) -> dict:
@@ -230,18 +235,13 @@ def preflight(module, conn, p: dict) -> dict:
                              "or, if that is intended, -e pgmigrate_backup_allow_ephemeral=true (this module's "
                              "allow_ephemeral_dir). Nothing was written.",
                          preflight={"server": server, "pg_dump": dump, "backup_dir": p["backup_dir"]})
-    measured_at = existing_parent(p["backup_dir"])
-    free = os.statvfs(measured_at)
-    free_bytes = free.f_bavail * free.f_frsize
-    needed = int(db_size * p["disk_margin"])
+    disk = free_space(p["backup_dir"], db_size, p["disk_margin"], "disk_margin (backup_disk_margin)")
     facts = {"server": server, "pg_dump": dump, "database_size_bytes": db_size, "database_size": pretty(db_size),
-             "backup_dir": p["backup_dir"], "measured_at": measured_at, "free_bytes": free_bytes,
-             "free": pretty(free_bytes), "needed_bytes": needed, "disk_margin": p["disk_margin"]}
-    if free_bytes < needed:
-        module.fail_json(msg=f"not enough free space for the backup: {p['backup_dir']} (on {measured_at}) has "
-                             f"{pretty(free_bytes)} free, the database is {pretty(db_size)} and the backup needs "
-                             f"{pretty(needed)} (database size x {p['disk_margin']}). Free space there or point "
-                             "pgmigrate_backup_dir at a larger disk. Nothing was written.", preflight=facts)
+             "backup_dir": p["backup_dir"], "measured_at": disk["measured_at"], "free_bytes": disk["free_bytes"],
+             "free": disk["free"], "needed_bytes": disk["needed_bytes"], "disk_margin": p["disk_margin"]}
+    if not disk["enough"]:
+        module.fail_json(msg=f"not enough free space for the backup: {disk['problem']}. Nothing was written.",
+                         preflight=facts)
     if os.path.exists(p["backup_dir"]) and not os.access(p["backup_dir"], os.W_OK | os.X_OK):
         module.fail_json(msg=f"backup directory {p['backup_dir']} is not writable by this user; fix its "
                              "ownership or choose another pgmigrate_backup_dir", preflight=facts)
@@ -395,7 +395,7 @@ def main() -> None:
         jobs=dict(type="int", default=2),
         compress=dict(type="str"),
         pg_dump_path=dict(type="str", default="pg_dump"),
-        disk_margin=dict(type="float", default=1.2),
+        disk_margin=dict(type="float", default=DEFAULT_DISK_MARGIN),
         exclude_schemas=dict(type="list", elements="str", default=[]),
         lock_timeout=dict(type="str", default="30s"),
         retain=dict(type="int", default=5),

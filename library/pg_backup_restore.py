@@ -124,16 +124,17 @@ from ansible.module_utils.pgmigrate_backup import (
     BackupError,
     check_files,
     compare_fingerprints,
+    create_database_like,
+    database_fingerprints,
     drop_database,
     find_tool,
-    fingerprint_tables,
-    list_tables,
     manifest_path,
     read_manifest,
     run_tool,
     safe_part,
     scratch_name,
     tail,
+    timed,
     utc_stamp,
 )
 
@@ -171,11 +172,7 @@ class Restore:
     def fingerprints(self, db: str, manifest: dict) -> dict:
         conn = connect(self.module, dbname=db)
         try:
-            conn.set_session(readonly=True)
-            with conn.cursor() as cur:
-                found = fingerprint_tables(cur, list_tables(cur, manifest.get("excluded_schemas", [])))
-            conn.rollback()
-            return found
+            return database_fingerprints(conn, manifest)
         finally:
             conn.close()
 
@@ -217,27 +214,17 @@ class Restore:
         self.result["temp_db"] = new
         with admin.cursor() as cur:
             exists = database_exists(cur, target)
-            settings = manifest.get("database_settings") or {}
-            stmt = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(new))
-            params: list = []
-            if settings.get("encoding"):
-                stmt += sql.SQL(" ENCODING %s LC_COLLATE %s LC_CTYPE %s")
-                params = [settings["encoding"], settings["collate"], settings["ctype"]]
-            cur.execute(stmt, params)
+            create_database_like(cur, new, manifest)
         swapped = False
         try:
-            start = time.monotonic()
             argv = [pg_restore, "--no-password", "--exit-on-error", f"--jobs={self.p['jobs']}", f"--dbname={new}",
                     self.p["backup_path"]]
             self.commands.append(argv)
-            proc = run_tool(argv, libpq_env(self.p, dbname=new))
-            self.durations["restore_s"] = round(time.monotonic() - start, 3)
+            proc = timed(self.durations, "restore_s", run_tool, argv, libpq_env(self.p, dbname=new))
             if proc.returncode != 0:
                 raise BackupError(f"pg_restore into {new} failed (rc={proc.returncode}): {tail(proc.stderr)}; "
                                   f"{target} was not touched")
-            start = time.monotonic()
-            restored = self.fingerprints(new, manifest)
-            self.durations["check_s"] = round(time.monotonic() - start, 3)
+            restored = timed(self.durations, "check_s", self.fingerprints, new, manifest)
             self.result["tables"] = restored
             problems = compare_fingerprints(manifest["tables"], restored)
             if problems:

@@ -139,20 +139,21 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible.module_utils.pgmigrate import connect, connection_argument_spec, libpq_env, sql
+from ansible.module_utils.pgmigrate import connect, connection_argument_spec, libpq_env
 from ansible.module_utils.pgmigrate_backup import (
     BackupError,
     check_files,
     compare_fingerprints,
+    create_database_like,
+    database_fingerprints,
     drop_database,
     find_tool,
-    fingerprint_tables,
-    list_tables,
     manifest_path,
     read_manifest,
     run_tool,
     scratch_name,
     tail,
+    timed,
     toc_table_data,
     tool_version,
     utc_now_iso,
@@ -178,13 +179,6 @@ class Verification:
         self.durations["total_s"] = round(time.monotonic() - self.started, 3)
         return dict(self.result, steps=self.steps, durations=self.durations, commands=self.commands, **extra)
 
-    def timed(self, key: str, fn, *args):
-        start = time.monotonic()
-        try:
-            return fn(*args)
-        finally:
-            self.durations[key] = round(time.monotonic() - start, 3)
-
     # ------------------------------------------------------------------ steps
     def check_toc(self, manifest: dict, pg_restore: str) -> None:
         argv = [pg_restore, "--list", self.p["backup_path"]]
@@ -207,15 +201,9 @@ class Verification:
         admin = connect(self.module, autocommit=True)
         created = proven = False
         try:
-            settings = manifest.get("database_settings") or {}
-            stmt = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
-            params: list = []
-            if settings.get("encoding"):
-                stmt += sql.SQL(" ENCODING %s LC_COLLATE %s LC_CTYPE %s")
-                params = [settings["encoding"], settings["collate"], settings["ctype"]]
             with admin.cursor() as cur:
                 try:
-                    cur.execute(stmt, params)
+                    create_database_like(cur, name, manifest)
                 except Exception as exc:
                     raise BackupError(f"cannot create the scratch database {name}: {str(exc).strip()}; the login "
                                       "role needs CREATEDB (ALTER ROLE ... CREATEDB)") from exc
@@ -223,12 +211,12 @@ class Verification:
             argv = [pg_restore, "--no-password", "--exit-on-error", "--no-owner", "--no-privileges",
                     f"--jobs={self.p['jobs']}", f"--dbname={name}", self.p["backup_path"]]
             self.commands.append(argv)
-            proc = self.timed("restore_s", run_tool, argv, libpq_env(self.p, dbname=name))
+            proc = timed(self.durations, "restore_s", run_tool, argv, libpq_env(self.p, dbname=name))
             if proc.returncode != 0:
                 raise BackupError(f"pg_restore into the scratch database failed (rc={proc.returncode}): "
                                   f"{tail(proc.stderr)}")
             self.step("restore", True, f"restored into scratch database {name} in {self.durations['restore_s']} s")
-            self.timed("tables_s", self.compare_tables, manifest, name)
+            timed(self.durations, "tables_s", self.compare_tables, manifest, name)
             proven = True
         finally:
             if created and proven and self.p["keep_scratch"]:
@@ -240,10 +228,7 @@ class Verification:
     def compare_tables(self, manifest: dict, name: str) -> None:
         conn = connect(self.module, dbname=name)
         try:
-            conn.set_session(readonly=True)
-            with conn.cursor() as cur:
-                restored = fingerprint_tables(cur, list_tables(cur, manifest.get("excluded_schemas", [])))
-            conn.rollback()
+            restored = database_fingerprints(conn, manifest)
         finally:
             conn.close()
         expected = manifest["tables"]
@@ -311,7 +296,7 @@ def main() -> None:
         if p["run_id"] is not None and manifest.get("run_id") != p["run_id"]:
             raise BackupError(f"{p['backup_path']} belongs to run #{manifest.get('run_id')}, not to run "
                               f"#{p['run_id']}: the gate needs this run's backup")
-        digests = v.timed("files_s", check_files, p["backup_path"], manifest)
+        digests = timed(v.durations, "files_s", check_files, p["backup_path"], manifest)
         v.step("files", True, f"size {digests['size_bytes']} bytes and sha256 {digests['sha256'][:12]}... match "
                               "the manifest")
         if manifest.get("verified") is True and not p["force"] and not p["keep_scratch"]:
@@ -323,7 +308,7 @@ def main() -> None:
         if restore_tool["major"] < int((manifest.get("pg_dump") or {}).get("major") or 0):
             raise BackupError(f"{pg_restore} is version {restore_tool['version']} but the backup was written by "
                               f"pg_dump {manifest['pg_dump']['version']}; use a pg_restore at least that new")
-        v.timed("toc_s", v.check_toc, manifest, pg_restore)
+        timed(v.durations, "toc_s", v.check_toc, manifest, pg_restore)
         if module.check_mode:
             module.exit_json(**v.finish(changed=True, msg=f"would restore {p['backup_path']} into a scratch "
                                                           "database and compare every table with the manifest"))

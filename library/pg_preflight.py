@@ -58,6 +58,13 @@ options:
         revision); one that takes longer counts as rows left to do.
     type: float
     default: 5.0
+  disk_margin:
+    description:
+      - Free space the backup needs in O(backup_dir), as a multiple of the database size; RV(disk.enough) says
+        whether it is there. The plan role passes C(plan_disk_margin), which defaults to the backup role's
+        C(backup_disk_margin), so the estimate and the backup's own check agree.
+    type: float
+    default: 1.2
 '''
 
 EXAMPLES = r'''
@@ -108,17 +115,18 @@ already_applied_reason:
   type: str
   sample: "the database is at v2_0_0 and no row is left to backfill (predictions_accuracy)"
 disk:
-  description: Free bytes where the backup goes, and whether that holds the database size with a 20% margin.
+  description:
+    - Free bytes where the backup goes, and whether that holds the database size times O(disk_margin)
+      (C(enough)); C(problem) says what is missing and what to change, null when enough.
   returned: when backup_dir is given
   type: dict
+  sample: {backup_dir: /var/backups/pgmigrate, measured_at: /var/backups, free_bytes: 1073741824, free: 1.0 GB,
+           needed_bytes: 62914560, disk_margin: 1.2, enough: true, problem: null}
 '''
-
-import os
-import shutil
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible.module_utils.pgmigrate import connect, connection_argument_spec, resolve_table, sql
+from ansible.module_utils.pgmigrate import alembic_revision, connect, connection_argument_spec, resolve_table, sql
 from ansible.module_utils.pgmigrate import pretty_bytes as pretty
 from ansible.module_utils.pgmigrate_holds import (
     blind_holds,
@@ -127,7 +135,7 @@ from ansible.module_utils.pgmigrate_holds import (
     read_privileges,
     refusal,
 )
-from ansible.module_utils.pgmigrate_paths import ephemeral_reason
+from ansible.module_utils.pgmigrate_paths import DEFAULT_DISK_MARGIN, ephemeral_reason, free_space
 from ansible.module_utils.pgmigrate_sql import HAS_PGLAST, PGLAST_IMP_ERR, plan_sql_errors, wrap
 
 SETTINGS = ("server_version", "lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout",
@@ -265,9 +273,13 @@ def main() -> None:
     argument_spec = connection_argument_spec()
     argument_spec.update(plan=dict(type="dict", required=True), backup_dir=dict(type="path"),
                          allow_ephemeral_backup_dir=dict(type="bool", default=False),
-                         pending_timeout=dict(type="float", default=5.0))
+                         pending_timeout=dict(type="float", default=5.0),
+                         disk_margin=dict(type="float", default=DEFAULT_DISK_MARGIN))
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     plan = module.params["plan"]
+    if module.params["disk_margin"] <= 0:
+        module.fail_json(msg=f"disk_margin must be > 0 (got {module.params['disk_margin']}); set plan_disk_margin "
+                             "(default backup_disk_margin)")
     refuse_ephemeral_backup_dir(module, plan)
     if not HAS_PGLAST:
         module.fail_json(msg=missing_required_lib("pglast"), exception=PGLAST_IMP_ERR)
@@ -288,10 +300,7 @@ def main() -> None:
             version_num, dbname, dbsize = cur.fetchone()
             result["server"] = {"version": settings.pop("server_version", ""), "version_num": version_num,
                                 "settings": settings}
-            revision = None
-            if resolve_table(cur, "alembic_version"):
-                cur.execute("SELECT string_agg(version_num, ',') FROM alembic_version")
-                revision = cur.fetchone()[0]
+            revision = alembic_revision(cur)
             result["database"] = {"name": dbname, "size_bytes": dbsize, "size": pretty(dbsize),
                                   "alembic_revision": revision}
             names = list(dict.fromkeys((plan.get("database") or {}).get("tables", [])
@@ -309,13 +318,8 @@ def main() -> None:
     check_holds(module, plan.get("backfills", []), result["holds"])
     backup_dir = module.params["backup_dir"]
     if backup_dir:
-        probe = backup_dir
-        while probe and not os.path.exists(probe):
-            probe = os.path.dirname(probe)
-        free = shutil.disk_usage(probe or "/").free
-        need = int(result["database"]["size_bytes"] * 1.2)
-        result["disk"] = {"backup_dir": backup_dir, "measured_at": probe, "free_bytes": free, "free": pretty(free),
-                          "needed_bytes": need, "enough": free >= need}
+        result["disk"] = free_space(backup_dir, result["database"]["size_bytes"], module.params["disk_margin"],
+                                    "disk_margin (plan_disk_margin, default backup_disk_margin)")
     module.exit_json(**result)
 
 

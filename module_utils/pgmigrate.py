@@ -154,32 +154,99 @@ def table_identifier(name: str):
     return sql.Identifier(schema, table) if schema else sql.Identifier(table)
 
 
-def resolve_table(cur, name: str) -> dict | None:
-    """Look a table up in the catalog without interpolating the name into SQL.
+def resolve_table(cur, name: str, schema: str | None = None) -> dict | None:
+    """The one catalog look-up of a table (ordinary or partitioned), never interpolating the name into SQL.
 
-    Returns {'schema', 'table', 'oid'} or None when it does not exist."""
-    schema, table = split_qualified(name)
+    Without ``schema``, ``name`` is 'table' (looked up in the search_path schemas, first match wins) or
+    'schema.table', taken literally (see split_qualified).  With ``schema``, ``name`` is the table's own name,
+    not split (either may hold a dot).  Returns {'schema', 'table', 'oid', 'reltuples'} or None when it does
+    not exist."""
+    table = name
+    if schema is None:
+        schema, table = split_qualified(name)
     if schema is None:
         cur.execute(
-            "SELECT n.nspname, c.relname, c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "SELECT n.nspname, c.relname, c.oid, c.reltuples FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE c.relname = %s AND c.relkind IN ('r', 'p') AND n.nspname = ANY (current_schemas(false)) "
             "ORDER BY array_position(current_schemas(false), n.nspname) LIMIT 1", (table,))
     else:
         cur.execute(
-            "SELECT n.nspname, c.relname, c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "SELECT n.nspname, c.relname, c.oid, c.reltuples FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE c.relname = %s AND n.nspname = %s AND c.relkind IN ('r', 'p')", (table, schema))
     row = cur.fetchone()
-    return None if row is None else {"schema": row[0], "table": row[1], "oid": row[2]}
+    return None if row is None else {"schema": row[0], "table": row[1], "oid": row[2], "reltuples": float(row[3])}
+
+
+def primary_key_columns(cur, oid: int) -> list[str]:
+    """The primary key's columns of the table ``oid``, in key order ([] when it has none)."""
+    cur.execute("SELECT a.attname FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, n) "
+                "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+                "WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.n", (oid,))
+    return [r[0] for r in cur.fetchall()]
+
+
+def alembic_revision(cur) -> str | None:
+    """The Alembic revision(s) of the database (comma-joined heads), or None without an alembic_version table in
+    the search_path."""
+    found = resolve_table(cur, "alembic_version")
+    if found is None:
+        return None
+    cur.execute(sql.SQL("SELECT string_agg(version_num, ',' ORDER BY version_num) FROM {}").format(
+        sql.Identifier(found["schema"], found["table"])))
+    return cur.fetchone()[0]
 
 
 def ops_schema_exists(cur, schema: str) -> bool:
-    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{quote_ident_text(schema)}.runs",))
-    return bool(cur.fetchone()[0])
+    """Whether the run ledger (schema.runs) exists."""
+    return resolve_table(cur, "runs", schema=schema) is not None
 
 
-def quote_ident_text(name: str) -> str:
-    """Quote an identifier as text for to_regclass(); used only as a bound parameter."""
-    return '"' + name.replace('"', '""') + '"'
+# The ledger's columns, as every reader returns them (runs in ensure_ops_schema below).
+RUN_COLUMNS = ("id", "kind", "version", "from_version", "to_version", "from_revision", "to_revision", "status",
+               "started_at", "finished_at", "operator", "control_host", "backup_path", "backup_verified",
+               "phases", "error")
+
+
+def _select_runs(cur, schema: str, where, params: tuple, limit: int | None, times: bool) -> list[dict]:
+    columns = [sql.Identifier(c) for c in RUN_COLUMNS]
+    if times:
+        columns += [sql.SQL("extract(epoch FROM started_at)"),
+                    sql.SQL("extract(epoch FROM clock_timestamp() - started_at)")]
+    stmt = sql.SQL("SELECT {} FROM {}.runs WHERE {} ORDER BY id DESC").format(
+        sql.SQL(", ").join(columns), sql.Identifier(schema), where)
+    if limit is not None:
+        stmt += sql.SQL(" LIMIT %s")
+        params = tuple(params) + (limit,)
+    cur.execute(stmt, params)
+    runs = []
+    for row in cur.fetchall():
+        run = dict(zip(RUN_COLUMNS, row))
+        for key in ("started_at", "finished_at"):
+            run[key] = run[key].isoformat() if run[key] else None
+        run["phases"] = run["phases"] or {}
+        if times:
+            run["started_epoch"] = float(row[len(RUN_COLUMNS)])
+            run["elapsed_s"] = round(float(row[len(RUN_COLUMNS) + 1]), 1)
+        runs.append(run)
+    return runs
+
+
+def read_runs(cur, schema: str, where=None, params: tuple = (), limit: int | None = None) -> list[dict]:
+    """Runs of the ledger in ``schema``, newest first: {column: value} for RUN_COLUMNS, timestamps as ISO 8601,
+    phases {} when empty.  ``where`` is a psycopg2.sql condition with %s placeholders for ``params``.
+    The caller checks that the ledger exists (ops_schema_exists)."""
+    return _select_runs(cur, schema, where if where is not None else sql.SQL("true"), params, limit, times=False)
+
+
+def read_run(cur, schema: str, run_id: int | None) -> dict | None:
+    """The run ``run_id`` of the ledger (as read_runs gives it, plus ``started_epoch``, its start as Unix time,
+    and ``elapsed_s``, its age on the database's clock), or None when there is no such run or no ledger."""
+    if not run_id or not ops_schema_exists(cur, schema):
+        return None
+    found = _select_runs(cur, schema, sql.SQL("id = %s"), (run_id,), 1, times=True)
+    return found[0] if found else None
 
 
 def ensure_ops_schema(cur, schema: str) -> bool:

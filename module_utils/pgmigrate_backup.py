@@ -26,7 +26,7 @@ import subprocess
 import time
 from datetime import datetime, timezone
 
-from ansible.module_utils.pgmigrate import sql
+from ansible.module_utils.pgmigrate import primary_key_columns, resolve_table, sql
 
 MANIFEST_FORMAT = 1
 MANIFEST_SUFFIX = ".manifest.json"
@@ -86,6 +86,28 @@ def fingerprint_tables(cur, tables: list[tuple[str, str]]) -> dict:
     return {f"{s}.{t}": table_fingerprint(cur, s, t) for s, t in tables}
 
 
+def database_fingerprints(conn, manifest: dict) -> dict:
+    """fingerprint_tables of every table a restored copy holds (the manifest's excluded schemas left out), read
+    in one read-only transaction of ``conn``."""
+    conn.set_session(readonly=True)
+    with conn.cursor() as cur:
+        found = fingerprint_tables(cur, list_tables(cur, manifest.get("excluded_schemas", [])))
+    conn.rollback()
+    return found
+
+
+def create_database_like(cur, name: str, manifest: dict) -> None:
+    """CREATE DATABASE name from template0 with the backed-up database's encoding and collation (when its manifest
+    records them); on an autocommit connection."""
+    settings = manifest.get("database_settings") or {}
+    stmt = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
+    params: list = []
+    if settings.get("encoding"):
+        stmt += sql.SQL(" ENCODING %s LC_COLLATE %s LC_CTYPE %s")
+        params = [settings["encoding"], settings["collate"], settings["ctype"]]
+    cur.execute(stmt, params)
+
+
 # Columns whose value says when a row was written: rows newer than the backup's snapshot are
 # rows a restore would discard (pgmigrate_rollback.py).  Only these names, never guessed from types.
 WRITE_TIME_COLUMNS = ("created_at", "updated_at", "modified_at", "inserted_at", "last_modified", "changed_at")
@@ -97,23 +119,22 @@ def table_watermarks(cur, tables: list[tuple[str, str]]) -> dict:
     'write_time_columns': [...]}}.  ``key`` is a single-column integer primary key."""
     out = {}
     for schema, table in tables:
-        cur.execute("SELECT a.attname FROM pg_attribute a WHERE a.attrelid = %s::regclass AND a.attnum > 0 "
-                    "AND NOT a.attisdropped ORDER BY a.attnum", (sql.Identifier(schema, table).as_string(cur),))
-        columns = [r[0] for r in cur.fetchall()]
-        cur.execute("SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
-                    "AND a.attnum = i.indkey[0] WHERE i.indrelid = %s::regclass AND i.indisprimary "
-                    "AND i.indnatts = 1 AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)",
-                    (sql.Identifier(schema, table).as_string(cur),))
-        row = cur.fetchone()
-        key = row[0] if row else None
+        oid = resolve_table(cur, table, schema=schema)["oid"]
+        cur.execute("SELECT a.attname, a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype) "
+                    "FROM pg_attribute a WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped "
+                    "ORDER BY a.attnum", (oid,))
+        integer = dict(cur.fetchall())
+        columns = list(integer)
+        primary_key = primary_key_columns(cur, oid)
+        key = primary_key[0] if len(primary_key) == 1 and integer[primary_key[0]] else None
         max_key = None
         if key:
             cur.execute(sql.SQL("SELECT max({}) FROM {}").format(sql.Identifier(key), sql.Identifier(schema, table)))
             max_key = cur.fetchone()[0]
-        cur.execute("SELECT a.attname FROM pg_attribute a WHERE a.attrelid = %s::regclass AND a.attnum > 0 "
+        cur.execute("SELECT a.attname FROM pg_attribute a WHERE a.attrelid = %s AND a.attnum > 0 "
                     "AND NOT a.attisdropped AND a.attname = ANY(%s) "
                     "AND a.atttypid IN ('timestamptz'::regtype, 'timestamp'::regtype) ORDER BY a.attnum",
-                    (sql.Identifier(schema, table).as_string(cur), list(WRITE_TIME_COLUMNS)))
+                    (oid, list(WRITE_TIME_COLUMNS)))
         out[f"{schema}.{table}"] = {"columns": columns, "key": key,
                                     "max_key": int(max_key) if max_key is not None else None,
                                     "write_time_columns": [r[0] for r in cur.fetchall()]}
@@ -141,18 +162,6 @@ def compare_fingerprints(expected: dict, actual: dict, only_counts: bool = False
             problems.append(f"table {name}: {got['rows']} rows as expected but the content checksum differs "
                             f"(manifest {want['checksum']}, restore {got['checksum']})")
     return problems
-
-
-def alembic_revision(cur) -> str | None:
-    cur.execute("SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE c.relname = 'alembic_version' AND c.relkind = 'r' "
-                "AND n.nspname = ANY(current_schemas(false)) LIMIT 1")
-    row = cur.fetchone()
-    if row is None:
-        return None
-    cur.execute(sql.SQL("SELECT string_agg(version_num, ',' ORDER BY version_num) FROM {}").format(
-        sql.Identifier(row[0], "alembic_version")))
-    return cur.fetchone()[0]
 
 
 def server_version(cur) -> dict:
@@ -255,16 +264,6 @@ def drop_database(cur, name: str) -> None:
         cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
     except Exception:
         cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-
-
-def existing_parent(path: str) -> str:
-    probe = os.path.abspath(path)
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    return probe
 
 
 def _sha256_file(path: str) -> str:
@@ -398,7 +397,10 @@ def find_run_backups(backup_dir: str, database: str) -> list[dict]:
     return found
 
 
-def timed(fn, *args, **kwargs):
+def timed(durations: dict, key: str, fn, *args, **kwargs):
+    """fn(*args, **kwargs), its seconds recorded as durations[key] (rounded to ms) also when it raises."""
     start = time.monotonic()
-    value = fn(*args, **kwargs)
-    return value, round(time.monotonic() - start, 3)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        durations[key] = round(time.monotonic() - start, 3)

@@ -47,6 +47,7 @@ except ImportError:  # pragma: no cover - the module reports missing_required_li
     psycopg2 = None
     sql = None
 
+from ansible.module_utils.pgmigrate import primary_key_columns, resolve_table
 from ansible.module_utils.pgmigrate_holds import (
     blind_holds,
     configured_holds,
@@ -165,47 +166,24 @@ def fragment(text: str):
 # ---------------------------------------------------------------------------------------
 # Catalog look-ups and validation
 # ---------------------------------------------------------------------------------------
-def split_table(name: str) -> tuple[str | None, str]:
-    parts = name.split(".")
-    if len(parts) == 2 and all(parts):
-        return parts[0], parts[1]
-    return None, name
-
-
 def resolve_target(cur, spec: Spec) -> Target:
-    schema, table = split_table(spec.table)
-    if schema is None:
-        cur.execute(
-            "SELECT n.nspname, c.relname, c.oid, c.reltuples FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = %s AND c.relkind IN ('r', 'p') "
-            "AND n.nspname = ANY (current_schemas(false)) "
-            "ORDER BY array_position(current_schemas(false), n.nspname) LIMIT 1", (table,))
-    else:
-        cur.execute(
-            "SELECT n.nspname, c.relname, c.oid, c.reltuples FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = %s AND n.nspname = %s "
-            "AND c.relkind IN ('r', 'p')", (table, schema))
-    row = cur.fetchone()
-    if row is None:
+    try:
+        found = resolve_table(cur, spec.table)
+    except ValueError:  # more than one dot: no such table
+        found = None
+    if found is None:
         raise BackfillError(f"backfill {spec.name}: table {spec.table!r} does not exist (looked up as a literal "
                             "name in the search_path schemas); check the 'table' of the backfill, and that the "
                             "schema phase ran first", missing="table")
-    nsp, rel, oid, reltuples = row
+    nsp, rel, oid = found["schema"], found["table"], found["oid"]
     cur.execute("SELECT attname, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute "
                 "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (oid,))
     columns = {r[0]: Column(r[0], r[1], r[2]) for r in cur.fetchall()}
-    key = spec.key or primary_key(cur, oid)
+    key = spec.key or primary_key_columns(cur, oid)
     if not key:
         raise BackfillError(f"backfill {spec.name}: table {nsp}.{rel} has no primary key; give 'key' (columns of "
                             "a unique, not-null index)")
-    return Target(nsp, rel, oid, columns, list(key), float(reltuples))
-
-
-def primary_key(cur, oid: int) -> list[str]:
-    cur.execute("SELECT a.attname FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, n) "
-                "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
-                "WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.n", (oid,))
-    return [r[0] for r in cur.fetchall()]
+    return Target(nsp, rel, oid, columns, list(key), found["reltuples"])
 
 
 def require_columns(spec: Spec, target: Target, names: list[str], what: str) -> None:
@@ -433,8 +411,7 @@ PASS_COLUMNS = ("backfill", "worker", "pass_started_at", "resumed", "run_id", "p
 
 def read_passes(cur, schema: str, names: list[str] | None = None, run_ids: list[int] | None = None) -> list[dict]:
     """The recorded executions of backfills (all, or of these names / runs), oldest first."""
-    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{schema.replace(chr(34), chr(34) * 2)}".{PASSES_TABLE}',))
-    if not cur.fetchone()[0]:
+    if resolve_table(cur, PASSES_TABLE, schema=schema) is None:
         return []
     conds, params = [sql.SQL("true")], []
     if names is not None:
@@ -455,11 +432,12 @@ CHECKPOINT_COLUMNS = ("worker", "range_lo", "range_hi", "last_key", "rows_done",
 
 
 def read_checkpoints(cur, schema: str, name: str) -> list[dict]:
-    cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 "
-                "AND NOT attisdropped", (f'"{schema.replace(chr(34), chr(34) * 2)}".{CHECKPOINT_TABLE}',))
-    present = {r[0] for r in cur.fetchall()}
-    if not present:
+    found = resolve_table(cur, CHECKPOINT_TABLE, schema=schema)
+    if found is None:
         return []
+    cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped",
+                (found["oid"],))
+    present = {r[0] for r in cur.fetchall()}
     # A table made by an older release lacks the newer columns until a run adds them: read them as NULL.
     cur.execute(sql.SQL("SELECT {} FROM {} WHERE backfill = %s ORDER BY worker").format(
         sql.SQL(", ").join(sql.Identifier(c) if c in present else sql.SQL("NULL") for c in CHECKPOINT_COLUMNS),

@@ -1,16 +1,23 @@
 # -*- coding: utf-8 -*-
 # Copyright: (c) 2026, pgmigrate-ops contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Whether a directory outlives the job that writes into it.
+"""Whether a directory outlives the job that writes into it, and whether it has room for a backup.
 
 Backups must survive the run: AWX and ansible-runner delete a job's private data
 directory (project/, inventory/, env/, artifacts/) when the job ends, and a tmpfs is
 gone at the next reboot.  ephemeral_reason() says why a path will not survive, or None.
+free_space() is the one free-space check: the backup's own preflight and the plan's estimate use it.
 """
 from __future__ import annotations
 
 import os
+import shutil
 
+from ansible.module_utils.pgmigrate import pretty_bytes as pretty
+
+# Free space a backup needs, as a multiple of the database size (pg_backup's disk_margin, pg_preflight's
+# disk_margin; the roles' backup_disk_margin and plan_disk_margin).
+DEFAULT_DISK_MARGIN = 1.2
 # Filesystems whose content does not survive a reboot.
 VOLATILE_FS = frozenset({"tmpfs", "ramfs"})
 # A private data directory as ansible-runner and AWX lay it out: env/ holding one of runner's input
@@ -97,3 +104,25 @@ def ephemeral_reason(path: str, environ: dict | None = None) -> str | None:
     if fstype in VOLATILE_FS:
         return f"{path} is on a {fstype} filesystem (its content is lost at the next reboot)"
     return None
+
+
+def free_space(path: str, size: int, margin: float = DEFAULT_DISK_MARGIN,
+               variable: str = "backup_disk_margin") -> dict:
+    """Whether the filesystem of ``path`` (or of its nearest existing ancestor) has ``size`` x ``margin`` bytes
+    free for an unprivileged writer.
+
+    {'backup_dir', 'measured_at', 'free_bytes', 'free', 'needed_bytes', 'disk_margin', 'enough', 'problem'}:
+    ``problem`` (None when enough) names the path, the bytes free and needed, the margin and ``variable``, the
+    setting to change."""
+    if margin <= 0:
+        raise ValueError(f"the disk margin must be > 0 (got {margin}); set {variable}")
+    measured_at = existing_ancestor(path)
+    free = shutil.disk_usage(measured_at).free
+    needed = int(size * margin)
+    facts = {"backup_dir": path, "measured_at": measured_at, "free_bytes": free, "free": pretty(free),
+             "needed_bytes": needed, "disk_margin": margin, "enough": free >= needed, "problem": None}
+    if free < needed:
+        facts["problem"] = (f"{path} (on {measured_at}) has {pretty(free)} ({free} bytes) free, the backup needs "
+                            f"{pretty(needed)} ({needed} bytes: {pretty(size)} x {margin}); free space there, "
+                            f"point pgmigrate_backup_dir at a larger disk, or change {variable} (now {margin})")
+    return facts

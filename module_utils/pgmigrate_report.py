@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import urllib.error
 import urllib.parse
-import urllib.request
 from html import escape
 from typing import Any
+
+from ansible.module_utils.pgmigrate_http import http_request
 
 RUN_STATUS_CODES = {"running": 0, "succeeded": 1, "failed": 2, "rolled_back": 3, "rollback_failed": 4}
 RUNBOOK_PHASES = ("plan", "backup", "schema", "data", "deploy", "validate", "report", "rollback")
@@ -70,15 +70,13 @@ def push_to_gateway(url: str, job: str, grouping: dict, text: str, timeout: floa
     path = "/metrics/job/" + urllib.parse.quote(job, safe="")
     for key, value in grouping.items():
         path += f"/{urllib.parse.quote(key, safe='')}/{urllib.parse.quote(str(value), safe='') or '_'}"
-    request = urllib.request.Request(url.rstrip("/") + path, data=text.encode(), method="PUT",
-                                     headers={"Content-Type": "text/plain; version=0.0.4"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return None if 200 <= response.status < 300 else f"HTTP {response.status}"
-    except urllib.error.HTTPError as exc:
-        return f"HTTP {exc.code}: {exc.read()[:200].decode(errors='replace')}"
-    except (urllib.error.URLError, OSError) as exc:
-        return str(getattr(exc, "reason", exc))
+    answer = http_request(url.rstrip("/") + path, method="PUT", data=text.encode(),
+                          headers={"Content-Type": "text/plain; version=0.0.4"}, timeout=timeout)
+    if answer.status == 0:
+        return answer.error
+    if 200 <= answer.status < 300:
+        return None
+    return f"HTTP {answer.status}: {answer.body[:200].decode(errors='replace')}"
 
 
 # ---------------------------------------------------------------------------------

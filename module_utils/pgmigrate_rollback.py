@@ -16,19 +16,23 @@
 """
 from __future__ import annotations
 
-from ansible.module_utils.pgmigrate import ops_schema_exists, sql
+from ansible.module_utils.pgmigrate import (
+    RUN_COLUMNS,
+    alembic_revision,
+    ops_schema_exists,
+    read_runs,
+    resolve_table,
+    sql,
+)
 from ansible.module_utils.pgmigrate_backup import (
     SYSTEM_SCHEMAS,
     BackupError,
-    alembic_revision,
     check_files,
     list_tables,
     manifest_path,
     read_manifest,
 )
 
-RUN_COLUMNS = ("id", "kind", "version", "from_version", "from_revision", "to_revision", "status", "started_at",
-               "finished_at", "backup_path", "backup_verified", "phases", "error")
 MIGRATION_KINDS = ("migrate", "phase")
 STRATEGIES = ("auto", "downgrade", "restore")
 
@@ -38,27 +42,17 @@ class RollbackRefused(Exception):
 
 
 def find_run(cur, schema: str, run_id: int | None, version: str | None) -> dict | None:
-    s = sql.Identifier(schema)
-    cols = sql.SQL(", ").join(map(sql.Identifier, RUN_COLUMNS))
     if run_id:
-        cur.execute(sql.SQL("SELECT {} FROM {}.runs WHERE id = %s").format(cols, s), (run_id,))
+        found = read_runs(cur, schema, sql.SQL("id = %s"), (run_id,), limit=1)
     else:
-        cur.execute(sql.SQL("SELECT {} FROM {}.runs WHERE version = %s AND kind = ANY(%s) "
-                            "ORDER BY id DESC LIMIT 1").format(cols, s), (version, list(MIGRATION_KINDS)))
-    row = cur.fetchone()
-    if row is None:
-        return None
-    run = dict(zip(RUN_COLUMNS, row))
-    for key in ("started_at", "finished_at"):
-        run[key] = run[key].isoformat() if run[key] else None
-    run["phases"] = run["phases"] or {}
-    return run
+        found = read_runs(cur, schema, sql.SQL("version = %s AND kind = ANY(%s)"), (version, list(MIGRATION_KINDS)),
+                          limit=1)
+    return found[0] if found else None
 
 
 def rows_updated_by_run(cur, schema: str, run_id: int) -> int:
     """Rows the run's backfills committed (every batch updates its pass, so a killed run counts too)."""
-    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{schema.replace(chr(34), chr(34) * 2)}".batch_passes',))
-    if not cur.fetchone()[0]:
+    if resolve_table(cur, "batch_passes", schema=schema) is None:
         return 0
     cur.execute(sql.SQL("SELECT coalesce(sum(rows_updated), 0) FROM {}.batch_passes WHERE run_id = %s").format(
         sql.Identifier(schema)), (run_id,))
@@ -112,8 +106,8 @@ def _ident(name: str):
 
 
 def table_exists(cur, name: str) -> bool:
-    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (_ident(name).as_string(cur),))
-    return bool(cur.fetchone()[0])
+    schema, table = name.split(".", 1)
+    return resolve_table(cur, table, schema=schema) is not None
 
 
 def live_columns(cur, name: str) -> list[str]:

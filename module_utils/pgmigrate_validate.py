@@ -21,9 +21,7 @@ import math
 import socket
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from decimal import Decimal
 from typing import Any
 
@@ -34,7 +32,8 @@ except ImportError:  # pragma: no cover - the module reports missing_required_li
     sql = None
     psycopg2 = None
 
-from ansible.module_utils.pgmigrate import resolve_table, table_identifier
+from ansible.module_utils.pgmigrate import primary_key_columns, resolve_table, table_identifier
+from ansible.module_utils.pgmigrate_http import http_request
 from ansible.module_utils.pgmigrate_sql import check_errors, check_fragments, wrap
 
 SAMPLE_KEYS = 5
@@ -57,13 +56,6 @@ class CheckInputError(ValueError):
 def normalise_type(name: str) -> str:
     name = " ".join(str(name).lower().split())
     return TYPE_ALIASES.get(name, name)
-
-
-def primary_key_columns(cur, oid: int) -> list[str]:
-    cur.execute("SELECT a.attname FROM pg_index i JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, n) ON true "
-                "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
-                "WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.n", (oid,))
-    return [row[0] for row in cur.fetchall()]
 
 
 def _table(cur, name: str | None, check: dict) -> dict:
@@ -369,20 +361,14 @@ def summarise(results: list[dict]) -> dict:
 def http_get_json(url: str, timeout: float) -> tuple[int, Any, float]:
     """GET a URL; returns (status, parsed JSON or None, milliseconds).  Status 0: no answer."""
     started = time.monotonic()
-    request = urllib.request.Request(url, headers={"Accept": "application/json", "User-Agent": "pgmigrate-ops"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            body = response.read()
-            status = response.status
-    except urllib.error.HTTPError as exc:
-        body, status = exc.read(), exc.code
-    except (urllib.error.URLError, OSError) as exc:
-        return 0, {"error": str(getattr(exc, "reason", exc))}, (time.monotonic() - started) * 1000
+    answer = http_request(url, headers={"Accept": "application/json"}, timeout=timeout)
     elapsed = (time.monotonic() - started) * 1000
+    if answer.status == 0:
+        return 0, {"error": answer.error}, elapsed
     try:
-        return status, json.loads(body or b"null"), elapsed
+        return answer.status, json.loads(answer.body or b"null"), elapsed
     except ValueError:
-        return status, None, elapsed
+        return answer.status, None, elapsed
 
 
 def json_value(value: Any) -> Any:
