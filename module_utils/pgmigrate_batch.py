@@ -15,9 +15,12 @@ How a backfill runs:
   a batch and its checkpoint commit together: after ``kill -9`` of anything the next run
   resumes after the last committed batch, skipping nothing and doing nothing twice.
 * SQL transforms are computed by the server from the current row.  A Python transform
-  reads the batch's rows ``FOR UPDATE`` (a concurrent writer waits, so the value written
-  back can never be computed from a stale row), calls the function, COPYs the results into
-  a temporary table and writes them back with one UPDATE bounded by the same range.
+  reads the batch's rows without locks (one statement that also keeps the values it read in
+  a temporary table), calls the function, COPYs the results into a second temporary table
+  and writes them back with one UPDATE ... FROM bounded by the same range and guarded by
+  the values that were read: a row whose read or written columns changed meanwhile is
+  skipped, re-read and transformed again (at most ``max_retries`` rounds), never
+  overwritten.  Row locks are held only from that UPDATE to the commit.
 * The batch size adapts toward ``target_batch_ms`` (shrink fast when a batch is slow, grow
   by at most 20 % when it is fast), a lock timeout halves the batch and retries, and health
   holds (replication lag, vacuum on the table, WAL archive backlog) wait and say why.
@@ -62,7 +65,9 @@ from ansible.module_utils.pgmigrate_sql import PlanSqlError, backfill_fragments,
 CHECKPOINT_TABLE = "batch_checkpoints"
 PASSES_TABLE = "batch_passes"
 ADVISORY_CLASS = "pgmigrate-ops:backfill"
-TEMP_TABLE = "pgmigrate_backfill_rows"
+READ_TABLE = "pgmigrate_backfill_read"  # per connection: the key and the guarded values of the rows read
+TEMP_TABLE = "pgmigrate_backfill_rows"  # per connection: the key and the new values from the Python transform
+TMP_PREFIX = "pgmigrate_"  # the temp tables' column names, apart from any target column a filter may name
 WATCH_INTERVAL_S = 1.0  # how often a running backfill checks that its controlling playbook lives
 RETRYABLE_SQLSTATES = {"55P03": "lock timeout", "40P01": "deadlock", "40001": "serialization failure",
                        "57014": "statement timeout"}
@@ -263,6 +268,15 @@ def load_function(spec: Spec) -> Callable:
 # ---------------------------------------------------------------------------------------
 # SQL building (identifiers quoted, values bound, plan fragments via fragment())
 # ---------------------------------------------------------------------------------------
+def qualified(alias: str | tuple | None, name: str):
+    """A column name, bare, after a table alias, or after a (schema, table) pair."""
+    if alias is None:
+        return sql.Identifier(name)
+    if isinstance(alias, tuple):
+        return sql.Identifier(*alias, name)
+    return sql.Identifier(alias, name)
+
+
 class Statements:
     def __init__(self, spec: Spec, target: Target) -> None:
         self.spec = spec
@@ -270,19 +284,18 @@ class Statements:
         self.key = target.key
         self.composite = len(self.key) > 1
 
-    def key_expr(self, alias: str | None = None):
-        idents = [sql.Identifier(alias, k) if alias else sql.Identifier(k) for k in self.key]
+    def key_expr(self, alias: str | tuple | None = None):
+        idents = [qualified(alias, k) for k in self.key]
         return idents[0] if not self.composite else sql.SQL("({})").format(sql.SQL(", ").join(idents))
 
     def key_param(self):
         casts = [sql.SQL("%s::") + sql.SQL(self.target.columns[k].type) for k in self.key]
         return casts[0] if not self.composite else sql.SQL("({})").format(sql.SQL(", ").join(casts))
 
-    def key_list(self, alias: str | None = None, suffix: str = ""):
-        return sql.SQL(", ").join(
-            (sql.Identifier(alias, k) if alias else sql.Identifier(k)) + sql.SQL(suffix) for k in self.key)
+    def key_list(self, alias: str | tuple | None = None, suffix: str = ""):
+        return sql.SQL(", ").join(qualified(alias, k) + sql.SQL(suffix) for k in self.key)
 
-    def range_cond(self, lo: list | None, hi: list | None, alias: str | None = None) -> tuple[Any, list]:
+    def range_cond(self, lo: list | None, hi: list | None, alias: str | tuple | None = None) -> tuple[Any, list]:
         parts, params = [], []
         if lo is not None:
             parts.append(sql.SQL("{} > {}").format(self.key_expr(alias), self.key_param()))
@@ -330,31 +343,103 @@ class Statements:
         cols = self.spec.read_columns or list(self.target.columns)
         return list(dict.fromkeys(self.key + cols))
 
-    def select_for_update(self, cond, filt) -> Any:
+    def plain_select(self, cond, filt) -> Any:
+        """What a batch of the Python transform reads (planned before the first batch; shown as ``sql``)."""
         where = cond if filt is None else sql.SQL("{} AND {}").format(cond, filt)
-        return sql.SQL("SELECT {cols} FROM {t} WHERE {w} ORDER BY {keys} FOR UPDATE").format(
+        return sql.SQL("SELECT {cols} FROM {t} WHERE {w} ORDER BY {keys}").format(
             cols=sql.SQL(", ").join(sql.Identifier(c) for c in self.read_columns()), t=self.target.ident,
             w=where, keys=self.key_list())
+
+    def guard_columns(self) -> list[str]:
+        """Every non-key column the transform reads or writes: the write is guarded by all of them."""
+        return [c for c in dict.fromkeys(self.read_columns() + list(self.spec.columns or [])) if c not in self.key]
 
     def write_columns(self) -> list[str]:
         return list(dict.fromkeys(self.key + list(self.spec.columns or [])))
 
-    def create_temp(self) -> Any:
-        return sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {tmp} ON COMMIT DELETE ROWS AS SELECT {cols} FROM {t} "
-                       "WITH NO DATA").format(tmp=sql.Identifier(TEMP_TABLE), t=self.target.ident,
-                                              cols=sql.SQL(", ").join(sql.Identifier(c) for c in self.write_columns()))
+    @staticmethod
+    def tmp_names(prefix: str, names: list[str]) -> list[str]:
+        return [f"{TMP_PREFIX}{prefix}{i}" for i in range(len(names))]
+
+    def create_temps(self) -> list:
+        """The two temp tables of a connection (emptied at each commit), typed like the target's columns."""
+        def create(name: str, pairs: list[tuple[str, str]]):
+            return sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {tmp} ON COMMIT DELETE ROWS AS SELECT {cols} FROM {t} "
+                           "WITH NO DATA").format(
+                tmp=sql.Identifier(name), t=self.target.ident,
+                cols=sql.SQL(", ").join(sql.SQL("{} AS {}").format(sql.Identifier(c), sql.Identifier(a))
+                                        for c, a in pairs))
+        keys = list(zip(self.key, self.tmp_names("k", self.key)))
+        guard = self.guard_columns()
+        written = list(self.spec.columns)
+        return [create(READ_TABLE, keys + list(zip(guard, self.tmp_names("o", guard)))),
+                create(TEMP_TABLE, keys + list(zip(written, self.tmp_names("n", written))))]
+
+    def read_rows(self, where) -> Any:
+        """One statement, one snapshot: the rows the transform gets are exactly the values kept
+        in the read table for the write's guard.  No row lock is taken."""
+        guard = self.guard_columns()
+        knames, onames = self.tmp_names("k", self.key), self.tmp_names("o", guard)
+        source = dict(zip(self.key, knames)) | dict(zip(guard, onames))
+        returned = sql.SQL(", ").join(sql.SQL("{} AS {}").format(sql.Identifier(source[c]), sql.Identifier(c))
+                                      for c in self.read_columns())
+        return sql.SQL("WITH r AS (INSERT INTO {tmp} ({tcols}) SELECT {cols} FROM {t} WHERE {w} RETURNING {ret}) "
+                       "SELECT * FROM r ORDER BY {keys}").format(
+            tmp=sql.Identifier(READ_TABLE), tcols=sql.SQL(", ").join(map(sql.Identifier, knames + onames)),
+            cols=sql.SQL(", ").join(map(sql.Identifier, self.key + guard)), t=self.target.ident, w=where,
+            ret=returned, keys=self.key_list())
+
+    def batch_rows(self, cond, filt) -> Any:
+        return self.read_rows(cond if filt is None else sql.SQL("{} AND {}").format(cond, filt))
+
+    def retried_rows(self, cond, filt) -> Any:
+        """The rows of the batch the guarded write skipped, again: their keys come as text arrays."""
+        knames = [sql.Identifier(f"u{i}") for i in range(len(self.key))]
+        picked = sql.SQL("{} IN (SELECT {} FROM unnest({}) AS u({}))").format(
+            self.key_expr(),
+            sql.SQL(", ").join(sql.SQL("{}::") .format(n) + sql.SQL(self.target.columns[k].type)
+                               for n, k in zip(knames, self.key)),
+            sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in self.key), sql.SQL(", ").join(knames))
+        parts = [cond, picked] + ([] if filt is None else [filt])
+        return self.read_rows(sql.SQL(" AND ").join(parts))
 
     def copy_in(self) -> Any:
+        names = self.tmp_names("k", self.key) + self.tmp_names("n", list(self.spec.columns))
         return sql.SQL("COPY {tmp} ({cols}) FROM STDIN").format(
-            tmp=sql.Identifier(TEMP_TABLE), cols=sql.SQL(", ").join(sql.Identifier(c) for c in self.write_columns()))
+            tmp=sql.Identifier(TEMP_TABLE), cols=sql.SQL(", ").join(map(sql.Identifier, names)))
 
-    def python_update(self, cond) -> Any:
-        """Write back from the temp table, bounded by the batch's range (an index range scan)."""
-        assignments = sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(c), sql.Identifier("s", c))
-                                         for c in self.spec.columns)
-        return sql.SQL("UPDATE {t} AS t SET {a} FROM {tmp} AS s WHERE {tk} = {sk} AND {cond}").format(
-            t=self.target.ident, a=assignments, tmp=sql.Identifier(TEMP_TABLE), tk=self.key_expr("t"),
-            sk=self.key_expr("s"), cond=cond)
+    def guarded_update(self, cond, filt) -> Any:
+        """Write the new values where every guarded column still holds the value that was read
+        (NULL-safe); return how many rows were written and, as text, the keys that were skipped."""
+        t = (self.target.schema, self.target.table)
+        knames = self.tmp_names("k", self.key)
+        guard = self.guard_columns()
+        written = list(self.spec.columns)
+        rnames = self.tmp_names("r", self.key)
+
+        def same_key(a, b, names_a, names_b):
+            return sql.SQL(" AND ").join(sql.SQL("{} = {}").format(sql.Identifier(a, x), sql.Identifier(b, y))
+                                         for x, y in zip(names_a, names_b))
+        assignments = sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(c), sql.Identifier("n", n))
+                                         for c, n in zip(written, self.tmp_names("n", written)))
+        target_key = sql.SQL(" AND ").join(sql.SQL("{} = {}").format(qualified(t, k), sql.Identifier("n", n))
+                                           for k, n in zip(self.key, knames))
+        unchanged = [sql.SQL("{} IS NOT DISTINCT FROM {}").format(qualified(t, c), sql.Identifier("o", o))
+                     for c, o in zip(guard, self.tmp_names("o", guard))]
+        where = sql.SQL(" AND ").join([target_key, cond] + ([] if filt is None else [filt]) + unchanged)
+        returning = sql.SQL(", ").join(sql.SQL("{} AS {}").format(qualified(t, k), sql.Identifier(r))
+                                       for k, r in zip(self.key, rnames))
+        skipped_keys = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier("n", k)) for k in knames)
+        return sql.SQL(
+            "WITH u AS (UPDATE {t} SET {a} FROM {new} AS n JOIN {old} AS o ON {on} WHERE {w} RETURNING {ret}) "
+            "SELECT (SELECT count(*) FROM u), s.* FROM (SELECT 1) AS one LEFT JOIN (SELECT {sk} FROM {new} AS n "
+            "JOIN {old} AS o ON {on} WHERE NOT EXISTS (SELECT 1 FROM u WHERE {uon})) AS s ON true").format(
+            t=self.target.ident, a=assignments, new=sql.Identifier(TEMP_TABLE), old=sql.Identifier(READ_TABLE),
+            on=same_key("n", "o", knames, knames), w=where, ret=returning, sk=skipped_keys,
+            uon=same_key("u", "n", rnames, knames))
+
+    def empty_temps(self) -> Any:
+        return sql.SQL("TRUNCATE {}, {}").format(sql.Identifier(READ_TABLE), sql.Identifier(TEMP_TABLE))
 
     def key_bounds_by_offset(self, cond) -> Any:
         texts = self.key_texts()
@@ -562,6 +647,8 @@ class Progress:
         self.rows_updated = 0
         self.batches = 0
         self.retries = 0
+        self.rows_retried = 0
+        self.conflicts = 0
         self.holds = 0
         self.hold_seconds = 0.0
         self.hold_reasons: dict[str, int] = {}
@@ -576,8 +663,9 @@ class Progress:
 
     # -- counters ------------------------------------------------------------------
     def batch(self, worker: int, scanned: int, updated: int, batch_ms: float, lock_ms: float, size: int,
-              exhausted: bool) -> None:
+              exhausted: bool, retried: int = 0) -> None:
         with self.lock:
+            self.rows_retried += retried
             self.rows_done += scanned
             self.rows_updated += updated
             self.batches += 1
@@ -598,6 +686,12 @@ class Progress:
         with self.lock:
             self.retries += 1
         self.emit("retry", force=True, reason=reason)
+
+    def conflict(self, rows: int) -> None:
+        """A guarded write skipped rows changed since they were read (they are read again)."""
+        with self.lock:
+            self.conflicts += 1
+        self.emit("conflict", force=True, rows=rows)
 
     def hold(self, reason: str, new_episode: bool, waited: float) -> None:
         with self.lock:
@@ -634,8 +728,8 @@ class Progress:
                     "backfill": self.spec.name, "table": self.table, "event": event, "run_id": self.spec.run_id,
                     "token": self.spec.progress_token, "pid": os.getpid(), **figures,
                     "batches": self.batches_before + self.batches, "batch_size": self.batch_size,
-                    "batch_ms": round(self.last_batch_ms, 1), "retries": self.retries, "holds": self.holds,
-                    **extra}
+                    "batch_ms": round(self.last_batch_ms, 1), "retries": self.retries,
+                    "rows_retried": self.rows_retried, "holds": self.holds, **extra}
             if self.spec.progress_file:
                 with open(self.spec.progress_file, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(line, default=str) + "\n")
@@ -874,7 +968,7 @@ class Backfill:
         cond, params = self.stmts.range_cond(None, None)
         filt, fparams = self.stmts.filter_cond(self.now_param())
         stmt = (self.stmts.sql_update(cond, filt) if self.spec.set
-                else self.stmts.select_for_update(cond, filt))
+                else self.stmts.plain_select(cond, filt))
         try:
             cur.execute(sql.SQL("EXPLAIN ") + stmt, params + fparams)
         except psycopg2.Error as exc:
@@ -913,7 +1007,7 @@ class Backfill:
         lo = [f"<after {k}>" for k in self.target.key]
         cond, _ = self.stmts.range_cond(lo, lo)
         filt, _ = self.stmts.filter_cond(self.now_param())
-        stmt = self.stmts.sql_update(cond, filt) if self.spec.set else self.stmts.select_for_update(cond, filt)
+        stmt = self.stmts.sql_update(cond, filt) if self.spec.set else self.stmts.plain_select(cond, filt)
         text = stmt.as_string(self.conn)
         return text.replace("%%", "%")
 
@@ -1160,6 +1254,8 @@ class Backfill:
             "batches": progress.batches,
             "duration_s": round(time.monotonic() - started, 3),
             "retries": progress.retries,
+            "rows_retried": progress.rows_retried,
+            "conflicts": progress.conflicts,
             "holds": {"count": progress.holds, "seconds": round(progress.hold_seconds, 1),
                       "reasons": progress.hold_reasons},
             "blind_holds": dict(self.blind),
@@ -1310,7 +1406,8 @@ class Worker:
         try:
             if self.spec.python:
                 with conn.cursor() as cur:
-                    cur.execute(self.stmts.create_temp())
+                    for statement in self.stmts.create_temps():
+                        cur.execute(statement)
                 conn.commit()
             consecutive_retries = 0
             while not self.stop.is_set():
@@ -1423,9 +1520,13 @@ class Worker:
             exhausted = scanned < size
             hi = state.range_hi if exhausted else list(row[:-1])
         t_lock = time.monotonic()
-        updated = 0
+        updated, retried = 0, 0
         if scanned:
-            updated = self.sql_batch(cur, lo, hi) if spec.set else self.python_batch(cur, lo, hi)
+            if spec.set:
+                updated = self.sql_batch(cur, lo, hi)
+            else:
+                updated, retried, t_write = self.python_batch(cur, lo, hi)
+                t_lock = t_write or time.monotonic()  # the rows are locked from the guarded write on
         new_last = hi if hi is not None else (list(row[:-1]) if row is not None else state.last_key)
         cur.execute(sql.SQL("UPDATE {} SET last_key = %s, rows_done = rows_done + %s, "
                             "rows_updated = rows_updated + %s, batches = batches + %s, batch_size = %s, status = %s, "
@@ -1446,7 +1547,8 @@ class Worker:
         batch_ms, lock_ms = (t1 - t0) * 1000.0, (t1 - t_lock) * 1000.0
         if scanned:
             self.sizer.observe(scanned, batch_ms)
-        self.progress.batch(state.worker, scanned, updated, batch_ms, lock_ms, self.sizer.size, exhausted)
+        self.progress.batch(state.worker, scanned, updated, batch_ms, lock_ms, self.sizer.size, exhausted,
+                            retried)
         return exhausted
 
     def sql_batch(self, cur, lo, hi) -> int:
@@ -1454,13 +1556,42 @@ class Worker:
         cur.execute(self.stmts.sql_update(cond, self.filt), params + self.fparams)
         return cur.rowcount
 
-    def python_batch(self, cur, lo, hi) -> int:
-        cond, params = self.stmts.range_cond(lo, hi)
-        cur.execute(self.stmts.select_for_update(cond, self.filt), params + self.fparams)
-        names = [d[0] for d in cur.description]
-        rows = [dict(zip(names, r)) for r in cur.fetchall()]
-        if not rows:
-            return 0
+    def python_batch(self, cur, lo, hi) -> tuple[int, int, float | None]:
+        """Read without locks, transform, write guarded by the values read; rows changed meanwhile
+        are read and transformed again.  Returns (rows written, rows retried, when the write began)."""
+        stmts = self.stmts
+        cond, params = stmts.range_cond(lo, hi)
+        tcond, tparams = stmts.range_cond(lo, hi, alias=(stmts.target.schema, stmts.target.table))
+        cur.execute(stmts.batch_rows(cond, self.filt), params + self.fparams)
+        updated, retried, t_write = 0, 0, None
+        for attempt in range(self.spec.max_retries + 1):
+            names = [d[0] for d in cur.description]
+            rows = [dict(zip(names, r)) for r in cur.fetchall()]
+            if not rows or not self.copy_results(cur, rows):
+                break
+            if t_write is None:
+                t_write = time.monotonic()
+            cur.execute(stmts.guarded_update(tcond, self.filt), tparams + self.fparams)
+            result = cur.fetchall()
+            updated += result[0][0]
+            skipped = [r[1:] for r in result if r[1] is not None]
+            if not skipped:
+                break
+            if attempt == self.spec.max_retries:
+                shown = ", ".join(str(list(k)) for k in skipped[:5])
+                raise BackfillError(f"{len(skipped)} row(s) changed between the read and the guarded write in "
+                                    f"{attempt + 1} rounds in a row (max_retries={self.spec.max_retries}); keys "
+                                    f"{shown}{' ...' if len(skipped) > 5 else ''}. Nothing of this batch was "
+                                    "written; rerun when the writers of these rows are quiet")
+            retried += len(skipped)
+            self.progress.conflict(len(skipped))
+            cur.execute(stmts.empty_temps())
+            cur.execute(stmts.retried_rows(cond, self.filt),
+                        params + [[k[i] for k in skipped] for i in range(len(stmts.key))] + self.fparams)
+        return updated, retried, t_write
+
+    def copy_results(self, cur, rows: list[dict]) -> int:
+        """The transform's results into the temp table with one COPY (text format); the count COPYed."""
         try:
             results = self.engine.func(rows)
         except Exception as exc:
@@ -1477,13 +1608,10 @@ class Worker:
         except (KeyError, TypeError) as exc:
             raise BackfillError(f"python transform {self.spec.python} returned an item without {exc} (each item "
                                 f"must be a dict with {columns})") from exc
-        if not count:
-            return 0
-        buf.seek(0)
-        cur.copy_expert(self.stmts.copy_in(), buf, size=1 << 20)
-        tcond, tparams = self.stmts.range_cond(lo, hi, alias="t")
-        cur.execute(self.stmts.python_update(tcond), tparams)
-        return cur.rowcount
+        if count:
+            buf.seek(0)
+            cur.copy_expert(self.stmts.copy_in(), buf, size=1 << 20)
+        return count
 
 
 def spec_defaults() -> dict:
