@@ -1509,6 +1509,10 @@ class Worker:
         cur = conn.cursor()
         cur.execute("SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
                     (spec.lock_timeout, spec.statement_timeout))
+        if not spec.set:
+            # The temp tables have no statistics, so the guarded write's estimates are far too high and
+            # JIT compiling it would take longer than running it, while the batch's rows are locked.
+            cur.execute("SELECT set_config('jit', 'off', true)")
         lo = state.last_key if state.last_key is not None else state.range_lo
         cond, params = stmts.range_cond(lo, state.range_hi)
         cur.execute(stmts.boundary(cond), params + [size])
@@ -1545,8 +1549,8 @@ class Worker:
         t1 = time.monotonic()
         state.last_key = new_last
         batch_ms, lock_ms = (t1 - t0) * 1000.0, (t1 - t_lock) * 1000.0
-        if scanned:
-            self.sizer.observe(scanned, batch_ms)
+        if scanned:  # a Python batch locks its rows only from its write on: that is what the size aims at
+            self.sizer.observe(scanned, batch_ms if spec.set else lock_ms)
         self.progress.batch(state.worker, scanned, updated, batch_ms, lock_ms, self.sizer.size, exhausted,
                             retried)
         return exhausted
