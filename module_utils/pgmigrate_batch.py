@@ -361,21 +361,30 @@ class Statements:
     def tmp_names(prefix: str, names: list[str]) -> list[str]:
         return [f"{TMP_PREFIX}{prefix}{i}" for i in range(len(names))]
 
+    @staticmethod
+    def read_table(pair: int):
+        return sql.Identifier(f"{READ_TABLE}_{pair}")
+
+    @staticmethod
+    def new_table(pair: int):
+        return sql.Identifier(f"{TEMP_TABLE}_{pair}")
+
     def create_temps(self) -> list:
-        """The two temp tables of a connection (emptied at each commit), typed like the target's columns."""
-        def create(name: str, pairs: list[tuple[str, str]]):
-            return sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {tmp} ON COMMIT DELETE ROWS AS SELECT {cols} FROM {t} "
-                           "WITH NO DATA").format(
-                tmp=sql.Identifier(name), t=self.target.ident,
+        """Two pairs of temp tables per connection, typed like the target's columns: a batch is read into
+        one pair in the transaction that writes the batch before it from the other."""
+        def create(ident, pairs: list[tuple[str, str]]):
+            return sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {tmp} AS SELECT {cols} FROM {t} WITH NO DATA").format(
+                tmp=ident, t=self.target.ident,
                 cols=sql.SQL(", ").join(sql.SQL("{} AS {}").format(sql.Identifier(c), sql.Identifier(a))
                                         for c, a in pairs))
         keys = list(zip(self.key, self.tmp_names("k", self.key)))
         guard = self.guard_columns()
         written = list(self.spec.columns)
-        return [create(READ_TABLE, keys + list(zip(guard, self.tmp_names("o", guard)))),
-                create(TEMP_TABLE, keys + list(zip(written, self.tmp_names("n", written))))]
+        return [statement for pair in (0, 1) for statement in (
+            create(self.read_table(pair), keys + list(zip(guard, self.tmp_names("o", guard)))),
+            create(self.new_table(pair), keys + list(zip(written, self.tmp_names("n", written)))))]
 
-    def read_rows(self, where) -> Any:
+    def read_rows(self, where, pair: int) -> Any:
         """One statement, one snapshot: the rows the transform gets are exactly the values kept
         in the read table for the write's guard.  No row lock is taken."""
         guard = self.guard_columns()
@@ -385,30 +394,30 @@ class Statements:
                                       for c in self.read_columns())
         return sql.SQL("WITH r AS (INSERT INTO {tmp} ({tcols}) SELECT {cols} FROM {t} WHERE {w} RETURNING {ret}) "
                        "SELECT * FROM r ORDER BY {keys}").format(
-            tmp=sql.Identifier(READ_TABLE), tcols=sql.SQL(", ").join(map(sql.Identifier, knames + onames)),
+            tmp=self.read_table(pair), tcols=sql.SQL(", ").join(map(sql.Identifier, knames + onames)),
             cols=sql.SQL(", ").join(map(sql.Identifier, self.key + guard)), t=self.target.ident, w=where,
             ret=returned, keys=self.key_list())
 
-    def batch_rows(self, cond, filt) -> Any:
-        return self.read_rows(cond if filt is None else sql.SQL("{} AND {}").format(cond, filt))
+    def batch_rows(self, cond, filt, pair: int) -> Any:
+        return self.read_rows(cond if filt is None else sql.SQL("{} AND {}").format(cond, filt), pair)
 
-    def retried_rows(self, cond, filt) -> Any:
+    def retried_rows(self, cond, filt, pair: int) -> Any:
         """The rows of the batch the guarded write skipped, again: their keys come as text arrays."""
         knames = [sql.Identifier(f"u{i}") for i in range(len(self.key))]
         picked = sql.SQL("{} IN (SELECT {} FROM unnest({}) AS u({}))").format(
             self.key_expr(),
-            sql.SQL(", ").join(sql.SQL("{}::") .format(n) + sql.SQL(self.target.columns[k].type)
+            sql.SQL(", ").join(sql.SQL("{}::").format(n) + sql.SQL(self.target.columns[k].type)
                                for n, k in zip(knames, self.key)),
             sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in self.key), sql.SQL(", ").join(knames))
         parts = [cond, picked] + ([] if filt is None else [filt])
-        return self.read_rows(sql.SQL(" AND ").join(parts))
+        return self.read_rows(sql.SQL(" AND ").join(parts), pair)
 
-    def copy_in(self) -> Any:
+    def copy_in(self, pair: int) -> Any:
         names = self.tmp_names("k", self.key) + self.tmp_names("n", list(self.spec.columns))
         return sql.SQL("COPY {tmp} ({cols}) FROM STDIN").format(
-            tmp=sql.Identifier(TEMP_TABLE), cols=sql.SQL(", ").join(map(sql.Identifier, names)))
+            tmp=self.new_table(pair), cols=sql.SQL(", ").join(map(sql.Identifier, names)))
 
-    def guarded_update(self, cond, filt) -> Any:
+    def guarded_update(self, cond, filt, pair: int) -> Any:
         """Write the new values where every guarded column still holds the value that was read
         (NULL-safe); return how many rows were written and, as text, the keys that were skipped."""
         t = (self.target.schema, self.target.table)
@@ -434,12 +443,13 @@ class Statements:
             "WITH u AS (UPDATE {t} SET {a} FROM {new} AS n JOIN {old} AS o ON {on} WHERE {w} RETURNING {ret}) "
             "SELECT (SELECT count(*) FROM u), s.* FROM (SELECT 1) AS one LEFT JOIN (SELECT {sk} FROM {new} AS n "
             "JOIN {old} AS o ON {on} WHERE NOT EXISTS (SELECT 1 FROM u WHERE {uon})) AS s ON true").format(
-            t=self.target.ident, a=assignments, new=sql.Identifier(TEMP_TABLE), old=sql.Identifier(READ_TABLE),
+            t=self.target.ident, a=assignments, new=self.new_table(pair), old=self.read_table(pair),
             on=same_key("n", "o", knames, knames), w=where, ret=returning, sk=skipped_keys,
             uon=same_key("u", "n", rnames, knames))
 
-    def empty_temps(self) -> Any:
-        return sql.SQL("TRUNCATE {}, {}").format(sql.Identifier(READ_TABLE), sql.Identifier(TEMP_TABLE))
+    def empty_temps(self, *pairs: int) -> Any:
+        return sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(
+            t for pair in pairs for t in (self.read_table(pair), self.new_table(pair))))
 
     def key_bounds_by_offset(self, cond) -> Any:
         texts = self.key_texts()
@@ -1400,6 +1410,7 @@ class Worker:
         self.ck = checkpoint_ident(self.spec.ops_schema)
         self.ph = passes_ident(self.spec.ops_schema)
         self.filt, self.fparams = self.stmts.filter_cond(since)
+        self.pending: PendingBatch | None = None  # Python transform: the batch read, to be written next
 
     def run(self) -> None:
         conn = self.engine.connect()
@@ -1501,37 +1512,27 @@ class Worker:
             self.progress.hold(reason, new, 0.0 if new else self.spec.hold_poll_s)
             time.sleep(self.spec.hold_poll_s)
 
-    def batch(self, conn) -> bool:
-        """One transaction: find the range, update it, move the checkpoint.  True when the range is exhausted."""
-        spec, state, stmts = self.spec, self.state, self.stmts
-        size = self.sizer.size
-        t0 = time.monotonic()
-        cur = conn.cursor()
+    def begin(self, cur) -> None:
         cur.execute("SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
-                    (spec.lock_timeout, spec.statement_timeout))
-        if not spec.set:
-            # The temp tables have no statistics, so the guarded write's estimates are far too high and
-            # JIT compiling it would take longer than running it, while the batch's rows are locked.
-            cur.execute("SELECT set_config('jit', 'off', true)")
-        lo = state.last_key if state.last_key is not None else state.range_lo
-        cond, params = stmts.range_cond(lo, state.range_hi)
-        cur.execute(stmts.boundary(cond), params + [size])
+                    (self.spec.lock_timeout, self.spec.statement_timeout))
+
+    def next_range(self, cur, lo) -> tuple[int, list | None, bool, list | None]:
+        """The next batch after key ``lo``: (keys in it, its upper key, whether the range ends with it,
+        the key the checkpoint moves to once it is written)."""
+        state, size = self.state, self.sizer.size
+        cond, params = self.stmts.range_cond(lo, state.range_hi)
+        cur.execute(self.stmts.boundary(cond), params + [size])
         row = cur.fetchone()
         if row is None:
-            scanned, hi, exhausted = 0, state.range_hi, True
-        else:
-            scanned = row[-1]
-            exhausted = scanned < size
-            hi = state.range_hi if exhausted else list(row[:-1])
-        t_lock = time.monotonic()
-        updated, retried = 0, 0
-        if scanned:
-            if spec.set:
-                updated = self.sql_batch(cur, lo, hi)
-            else:
-                updated, retried, t_write = self.python_batch(cur, lo, hi)
-                t_lock = t_write or time.monotonic()  # the rows are locked from the guarded write on
-        new_last = hi if hi is not None else (list(row[:-1]) if row is not None else state.last_key)
+            return 0, state.range_hi, True, (lo if lo is not None else state.last_key)
+        scanned = row[-1]
+        exhausted = scanned < size
+        hi = state.range_hi if exhausted else list(row[:-1])
+        return scanned, hi, exhausted, (hi if hi is not None else list(row[:-1]))
+
+    def record(self, cur, new_last, scanned: int, updated: int, size: int, exhausted: bool) -> None:
+        """Move the checkpoint (and this execution's counters) in the batch's own transaction."""
+        spec, state = self.spec, self.state
         cur.execute(sql.SQL("UPDATE {} SET last_key = %s, rows_done = rows_done + %s, "
                             "rows_updated = rows_updated + %s, batches = batches + %s, batch_size = %s, status = %s, "
                             "updated_at = clock_timestamp(), "
@@ -1545,14 +1546,32 @@ class Worker:
                                 "status = CASE WHEN %s THEN 'done' ELSE status END, "
                                 "finished_at = CASE WHEN %s THEN clock_timestamp() END WHERE id = %s").format(self.ph),
                         (scanned, updated, 1 if scanned else 0, exhausted, exhausted, state.history_id))
+
+    def batch(self, conn) -> bool:
+        """One transaction: find the range, update it, move the checkpoint.  True when the range is exhausted."""
+        if not self.spec.set:
+            try:
+                return self.python_step(conn)
+            except BaseException:
+                self.pending = None  # the transaction rolls back: start again from the checkpoint
+                raise
+        state = self.state
+        size = self.sizer.size
+        t0 = time.monotonic()
+        cur = conn.cursor()
+        self.begin(cur)
+        lo = state.last_key if state.last_key is not None else state.range_lo
+        scanned, hi, exhausted, new_last = self.next_range(cur, lo)
+        t_lock = time.monotonic()
+        updated = self.sql_batch(cur, lo, hi) if scanned else 0
+        self.record(cur, new_last, scanned, updated, size, exhausted)
         conn.commit()
         t1 = time.monotonic()
         state.last_key = new_last
         batch_ms, lock_ms = (t1 - t0) * 1000.0, (t1 - t_lock) * 1000.0
-        if scanned:  # a Python batch locks its rows only from its write on: that is what the size aims at
-            self.sizer.observe(scanned, batch_ms if spec.set else lock_ms)
-        self.progress.batch(state.worker, scanned, updated, batch_ms, lock_ms, self.sizer.size, exhausted,
-                            retried)
+        if scanned:
+            self.sizer.observe(scanned, batch_ms)
+        self.progress.batch(state.worker, scanned, updated, batch_ms, lock_ms, self.sizer.size, exhausted)
         return exhausted
 
     def sql_batch(self, cur, lo, hi) -> int:
@@ -1560,42 +1579,92 @@ class Worker:
         cur.execute(self.stmts.sql_update(cond, self.filt), params + self.fparams)
         return cur.rowcount
 
-    def python_batch(self, cur, lo, hi) -> tuple[int, int, float | None]:
-        """Read without locks, transform, write guarded by the values read; rows changed meanwhile
-        are read and transformed again.  Returns (rows written, rows retried, when the write began)."""
-        stmts = self.stmts
-        cond, params = stmts.range_cond(lo, hi)
-        tcond, tparams = stmts.range_cond(lo, hi, alias=(stmts.target.schema, stmts.target.table))
-        cur.execute(stmts.batch_rows(cond, self.filt), params + self.fparams)
-        updated, retried, t_write = 0, 0, None
-        for attempt in range(self.spec.max_retries + 1):
-            names = [d[0] for d in cur.description]
-            rows = [dict(zip(names, r)) for r in cur.fetchall()]
-            if not rows or not self.copy_results(cur, rows):
-                break
-            if t_write is None:
-                t_write = time.monotonic()
-            cur.execute(stmts.guarded_update(tcond, self.filt), tparams + self.fparams)
-            result = cur.fetchall()
-            updated += result[0][0]
-            skipped = [r[1:] for r in result if r[1] is not None]
-            if not skipped:
-                break
-            if attempt == self.spec.max_retries:
-                shown = ", ".join(str(list(k)) for k in skipped[:5])
-                raise BackfillError(f"{len(skipped)} row(s) changed between the read and the guarded write in "
-                                    f"{attempt + 1} rounds in a row (max_retries={self.spec.max_retries}); keys "
-                                    f"{shown}{' ...' if len(skipped) > 5 else ''}. Nothing of this batch was "
-                                    "written; rerun when the writers of these rows are quiet")
-            retried += len(skipped)
-            self.progress.conflict(len(skipped))
-            cur.execute(stmts.empty_temps())
-            cur.execute(stmts.retried_rows(cond, self.filt),
-                        params + [[k[i] for k in skipped] for i in range(len(stmts.key))] + self.fparams)
-        return updated, retried, t_write
+    # -- the Python transform: read without locks, write guarded by the values read ---------------
+    def python_step(self, conn) -> bool:
+        """One transaction that reads batch N+1 (no row locks) and then writes batch N, read and
+        transformed before: while the server writes N, the transform of N+1 runs.  The checkpoint
+        moves past N in this transaction, so after a crash the next run starts after the last
+        batch written, and a batch read but not written is read again."""
+        state = self.state
+        t0 = time.monotonic()
+        cur = conn.cursor()
+        self.begin(cur)
+        # The temp tables have no statistics, so the guarded write's estimates are far too high and
+        # JIT compiling it would take longer than running it, while the batch's rows are locked.
+        cur.execute("SELECT set_config('jit', 'off', true)")
+        if self.pending is None:
+            batch, rows = self.read_batch(cur, state.last_key if state.last_key is not None else state.range_lo, 0)
+            batch.results = self.transform(rows)
+        else:
+            batch = self.pending
+        upcoming, upcoming_rows = (None, None) if batch.exhausted else self.read_batch(cur, batch.hi, 1 - batch.pair)
+        outcome: dict[str, Any] = {}
 
-    def copy_results(self, cur, rows: list[dict]) -> int:
-        """The transform's results into the temp table with one COPY (text format); the count COPYed."""
+        def write() -> None:
+            try:
+                outcome["written"] = self.write(cur, batch)
+                if not outcome["written"][1]:
+                    self.record(cur, batch.new_last, batch.scanned, outcome["written"][0], batch.size,
+                                batch.exhausted)
+                    conn.commit()
+                    outcome["committed"] = time.monotonic()
+            except BaseException as exc:  # raised below, in the worker's thread
+                outcome["error"] = exc
+
+        writer = threading.Thread(target=write, name=f"backfill-write-{state.worker}", daemon=True)
+        writer.start()
+        transform_error = None
+        try:
+            if upcoming is not None:
+                upcoming.results = self.transform(upcoming_rows)
+        except BackfillError as exc:
+            transform_error = exc
+        finally:
+            writer.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        updated, skipped, t_write = outcome["written"]
+        retried = 0
+        if skipped:  # rows changed between the read and the write: read, transform and write them again
+            updated, retried = self.retry_skipped(cur, batch, updated, skipped)
+            self.record(cur, batch.new_last, batch.scanned, updated, batch.size, batch.exhausted)
+            conn.commit()
+            outcome["committed"] = time.monotonic()
+        t1 = outcome["committed"]
+        state.last_key = batch.new_last
+        self.pending = upcoming
+        batch_ms = (t1 - t0) * 1000.0
+        lock_ms = (t1 - (t_write or t1)) * 1000.0
+        if batch.scanned:  # a Python batch locks its rows only from its write on: that is what the size aims at
+            self.sizer.observe(batch.scanned, lock_ms)
+        self.progress.batch(state.worker, batch.scanned, updated, batch_ms, lock_ms, self.sizer.size, batch.exhausted,
+                            retried)
+        if transform_error is not None:
+            raise transform_error
+        return batch.exhausted
+
+    def read_batch(self, cur, lo, pair: int) -> tuple[PendingBatch, list[dict]]:
+        """Find the batch after ``lo`` and read its rows into temp table pair ``pair`` (no row locks)."""
+        size = self.sizer.size
+        scanned, hi, exhausted, new_last = self.next_range(cur, lo)
+        batch = PendingBatch(lo, hi, scanned, exhausted, new_last, size, pair)
+        rows: list[dict] = []
+        if scanned:
+            cond, params = self.stmts.range_cond(lo, hi)
+            cur.execute(self.stmts.empty_temps(pair))  # the batch read into this pair before was written
+            cur.execute(self.stmts.batch_rows(cond, self.filt, pair), params + self.fparams)
+            rows = self.fetch_dicts(cur)
+        return batch, rows
+
+    @staticmethod
+    def fetch_dicts(cur) -> list[dict]:
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r)) for r in cur.fetchall()]
+
+    def transform(self, rows: list[dict]) -> io.StringIO | None:
+        """The transform's results as one COPY text stream (None when it returned nothing)."""
+        if not rows:
+            return None
         try:
             results = self.engine.func(rows)
         except Exception as exc:
@@ -1612,10 +1681,60 @@ class Worker:
         except (KeyError, TypeError) as exc:
             raise BackfillError(f"python transform {self.spec.python} returned an item without {exc} (each item "
                                 f"must be a dict with {columns})") from exc
-        if count:
-            buf.seek(0)
-            cur.copy_expert(self.stmts.copy_in(), buf, size=1 << 20)
-        return count
+        if not count:
+            return None
+        buf.seek(0)
+        return buf
+
+    def write(self, cur, batch: PendingBatch) -> tuple[int, list, float | None]:
+        """COPY the results, then the guarded write: (rows written, keys skipped, when the write began)."""
+        if batch.results is None:
+            return 0, [], None
+        stmts = self.stmts
+        cur.copy_expert(stmts.copy_in(batch.pair), batch.results, size=1 << 20)
+        batch.results = None
+        tcond, tparams = stmts.range_cond(batch.lo, batch.hi, alias=(stmts.target.schema, stmts.target.table))
+        t_write = time.monotonic()
+        cur.execute(stmts.guarded_update(tcond, self.filt, batch.pair), tparams + self.fparams)
+        result = cur.fetchall()
+        return result[0][0], [r[1:] for r in result if r[1] is not None], t_write
+
+    def retry_skipped(self, cur, batch: PendingBatch, updated: int, skipped: list) -> tuple[int, int]:
+        """Rounds of re-read, transform and guarded write for the rows another session changed,
+        at most max_retries; a row still changing then fails the batch (nothing of it is kept)."""
+        stmts, retried = self.stmts, 0
+        cond, params = stmts.range_cond(batch.lo, batch.hi)
+        for attempt in range(1, self.spec.max_retries + 2):
+            if attempt > self.spec.max_retries:
+                shown = ", ".join(str(list(k)) for k in skipped[:5])
+                raise BackfillError(f"{len(skipped)} row(s) changed between the read and the guarded write in "
+                                    f"{attempt} rounds in a row (max_retries={self.spec.max_retries}); keys "
+                                    f"{shown}{' ...' if len(skipped) > 5 else ''}. Nothing of this batch was "
+                                    "written; rerun when the writers of these rows are quiet")
+            retried += len(skipped)
+            self.progress.conflict(len(skipped))
+            cur.execute(stmts.empty_temps(batch.pair))
+            cur.execute(stmts.retried_rows(cond, self.filt, batch.pair),
+                        params + [[k[i] for k in skipped] for i in range(len(stmts.key))] + self.fparams)
+            batch.results = self.transform(self.fetch_dicts(cur))
+            more, skipped, _ = self.write(cur, batch)
+            updated += more
+            if not skipped:
+                return updated, retried
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+@dataclass
+class PendingBatch:
+    """A Python batch read (into temp table pair ``pair``) and transformed, not written yet."""
+    lo: list | None
+    hi: list | None
+    scanned: int
+    exhausted: bool
+    new_last: list | None
+    size: int
+    pair: int
+    results: io.StringIO | None = None
 
 
 def spec_defaults() -> dict:
