@@ -43,6 +43,10 @@ def slow_accuracy(rows):
     return transforms.prediction_accuracy(rows)
 
 
+def bump_confidence(rows):
+    return [{"id": r["id"], "confidence": None if r["confidence"] is None else r["confidence"] + 1} for r in rows]
+
+
 def fails_at_1500(rows):
     if any(r["id"] >= 1500 for r in rows):
         raise ValueError("cannot score prediction 1500")
@@ -299,14 +303,19 @@ def writer_loop(pg, db, stop, written, accuracy_expr):
 # ---------------------------------------------------------------------------------------
 # kill -9 at random points, then a rerun
 # ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("seed", "victim"), [(1, "module"), (2, "module"), (3, "module"), (4, "ansible-playbook"),
-                                              (5, "postgresql")])
-def test_kill_9_then_rerun_resumes_exactly(pg, v2_db, tmp_path, seed, victim):
-    """A non-idempotent backfill (confidence + 1, no where filter) shows any row done twice or skipped."""
+@pytest.mark.parametrize(("seed", "victim", "transform"), [
+    (1, "module", "sql"), (2, "module", "sql"), (3, "module", "sql"), (4, "ansible-playbook", "sql"),
+    (5, "postgresql", "sql"), (6, "module", "python"), (7, "module", "python"), (8, "postgresql", "python")])
+def test_kill_9_then_rerun_resumes_exactly(pg, v2_db, tmp_path, helpers, seed, victim, transform):
+    """A non-idempotent backfill (confidence + 1, no where filter) shows any row done twice or skipped.
+    The Python transform reads batch N+1 before it writes batch N: the kill must still lose nothing."""
     rng = random.Random(seed)
     original = dict(query(pg, v2_db, "SELECT id, confidence FROM predictions"))
-    args = {**conn_args(pg, v2_db), "name": "bump_confidence", "table": "predictions",
-            "set": {"confidence": "confidence + 1"}, "batch_size": 40, "min_batch_size": 40, "max_batch_size": 40,
+    change = ({"set": {"confidence": "confidence + 1"}} if transform == "sql" else
+              {"python": "test_only_transforms:bump_confidence", "python_path": [APP_DIR, helpers],
+               "columns": ["confidence"], "read_columns": ["confidence"]})
+    args = {**conn_args(pg, v2_db), "name": "bump_confidence", "table": "predictions", **change,
+            "batch_size": 40, "min_batch_size": 40, "max_batch_size": 40,
             "pause_ms": 10, "workers": 1 + seed % 2, "progress_file": str(tmp_path / "p.jsonl")}
     proc = start_module(pg, v2_db, tmp_path, args)
     try:
