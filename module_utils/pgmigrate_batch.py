@@ -20,7 +20,8 @@ How a backfill runs:
   and writes them back with one UPDATE ... FROM bounded by the same range and guarded by
   the values that were read: a row whose read or written columns changed meanwhile is
   skipped, re-read and transformed again (at most ``max_retries`` rounds), never
-  overwritten.  Row locks are held only from that UPDATE to the commit.
+  overwritten.  Row locks are held only from that UPDATE to the commit.  The transaction that
+  writes batch N first reads batch N+1, whose transform then runs while the server writes N.
 * The batch size adapts toward ``target_batch_ms`` (shrink fast when a batch is slow, grow
   by at most 20 % when it is fast), a lock timeout halves the batch and retries, and health
   holds (replication lag, vacuum on the table, WAL archive backlog) wait and say why.
@@ -283,6 +284,7 @@ class Statements:
         self.target = target
         self.key = target.key
         self.composite = len(self.key) > 1
+        self.text_guard: set[str] = set()  # guarded columns whose type has no '=' (json, xml, point): compared as text
 
     def key_expr(self, alias: str | tuple | None = None):
         idents = [qualified(alias, k) for k in self.key]
@@ -419,33 +421,46 @@ class Statements:
 
     def guarded_update(self, cond, filt, pair: int) -> Any:
         """Write the new values where every guarded column still holds the value that was read
-        (NULL-safe); return how many rows were written and, as text, the keys that were skipped."""
+        (NULL-safe); its row count says whether every row was written."""
         t = (self.target.schema, self.target.table)
-        knames = self.tmp_names("k", self.key)
-        guard = self.guard_columns()
         written = list(self.spec.columns)
-        rnames = self.tmp_names("r", self.key)
-
-        def same_key(a, b, names_a, names_b):
-            return sql.SQL(" AND ").join(sql.SQL("{} = {}").format(sql.Identifier(a, x), sql.Identifier(b, y))
-                                         for x, y in zip(names_a, names_b))
         assignments = sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(c), sql.Identifier("n", n))
                                          for c, n in zip(written, self.tmp_names("n", written)))
-        target_key = sql.SQL(" AND ").join(sql.SQL("{} = {}").format(qualified(t, k), sql.Identifier("n", n))
-                                           for k, n in zip(self.key, knames))
-        unchanged = [sql.SQL("{} IS NOT DISTINCT FROM {}").format(qualified(t, c), sql.Identifier("o", o))
-                     for c, o in zip(guard, self.tmp_names("o", guard))]
-        where = sql.SQL(" AND ").join([target_key, cond] + ([] if filt is None else [filt]) + unchanged)
-        returning = sql.SQL(", ").join(sql.SQL("{} AS {}").format(qualified(t, k), sql.Identifier(r))
-                                       for k, r in zip(self.key, rnames))
-        skipped_keys = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier("n", k)) for k in knames)
-        return sql.SQL(
-            "WITH u AS (UPDATE {t} SET {a} FROM {new} AS n JOIN {old} AS o ON {on} WHERE {w} RETURNING {ret}) "
-            "SELECT (SELECT count(*) FROM u), s.* FROM (SELECT 1) AS one LEFT JOIN (SELECT {sk} FROM {new} AS n "
-            "JOIN {old} AS o ON {on} WHERE NOT EXISTS (SELECT 1 FROM u WHERE {uon})) AS s ON true").format(
+        unchanged = [self.same(qualified(t, c), sql.Identifier("o", o), c)
+                     for c, o in zip(self.guard_columns(), self.tmp_names("o", self.guard_columns()))]
+        where = sql.SQL(" AND ").join([self.pair_join(t), cond] + ([] if filt is None else [filt]) + unchanged)
+        return sql.SQL("UPDATE {t} SET {a} FROM {new} AS n JOIN {old} AS o ON {on} WHERE {w}").format(
             t=self.target.ident, a=assignments, new=self.new_table(pair), old=self.read_table(pair),
-            on=same_key("n", "o", knames, knames), w=where, ret=returning, sk=skipped_keys,
-            uon=same_key("u", "n", rnames, knames))
+            on=self.pair_join(None), w=where)
+
+    def skipped_rows(self, cond, pair: int) -> Any:
+        """After a guarded write that wrote fewer rows than it was given: the keys (as text) of the rows
+        it skipped, i.e. rows of the batch that hold neither the value read nor the value written."""
+        t = (self.target.schema, self.target.table)
+        written = list(self.spec.columns)
+        as_written = dict(zip(written, self.tmp_names("n", written)))
+        now = [self.same(qualified(t, c), sql.Identifier("n", as_written[c]), c) if c in as_written else
+               self.same(qualified(t, c), sql.Identifier("o", o), c)
+               for c, o in zip(self.guard_columns(), self.tmp_names("o", self.guard_columns()))]
+        keys = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier("n", k))
+                                  for k in self.tmp_names("k", self.key))
+        return sql.SQL("SELECT {keys} FROM {new} AS n JOIN {old} AS o ON {on} JOIN {t} ON {tj} "
+                       "WHERE {cond} AND NOT ({now})").format(
+            keys=keys, new=self.new_table(pair), old=self.read_table(pair), on=self.pair_join(None),
+            t=self.target.ident, tj=self.pair_join(t), cond=cond, now=sql.SQL(" AND ").join(now))
+
+    def same(self, left, right, column: str) -> Any:
+        """NULL-safe equality; a type without '=' (json, xml, point) is compared in its text form."""
+        text = "{}::text IS NOT DISTINCT FROM {}::text" if column in self.text_guard else "{} IS NOT DISTINCT FROM {}"
+        return sql.SQL(text).format(left, right)
+
+    def pair_join(self, target: tuple | None) -> Any:
+        """The key join of the new values (n) with the values read (o), or of n with the target table."""
+        knames = self.tmp_names("k", self.key)
+        return sql.SQL(" AND ").join(
+            sql.SQL("{} = {}").format(qualified(target, k) if target else sql.Identifier("o", kn),
+                                      sql.Identifier("n", kn))
+            for k, kn in zip(self.key, knames))
 
     def empty_temps(self, *pairs: int) -> Any:
         return sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(
@@ -949,6 +964,8 @@ class Backfill:
                 require_columns(spec, self.target, [spec.incremental["column"]], "incremental column")
             self.stmts = Statements(spec, self.target)
             self.explain(cur)
+            if spec.python:
+                self.find_text_guards(cur)
         self.conn.rollback()
         if spec.python:
             self.func = load_function(spec)
@@ -991,6 +1008,19 @@ class Backfill:
             raise BackfillError(f"backfill {self.spec.name}: the SQL of the backfill does not plan: {text}. "
                                 f"{where}; nothing was changed", missing=missing, field=field,
                                 sql=stmt.as_string(self.conn)) from exc
+
+    def find_text_guards(self, cur) -> None:
+        """A guarded column whose type has no equality operator (json, xml, point) is compared in
+        its text form: the value read and the value in the table print alike when unchanged."""
+        for col in self.stmts.guard_columns():
+            try:
+                cur.execute(sql.SQL("EXPLAIN SELECT 1 FROM {t} WHERE {c} IS NOT DISTINCT FROM {c}").format(
+                    t=self.target.ident, c=sql.Identifier(col)))
+            except psycopg2.Error as exc:
+                self.conn.rollback()
+                if getattr(exc, "pgcode", None) != "42883":  # undefined_function: no '=' for the type
+                    raise
+                self.stmts.text_guard.add(col)
 
     def failing_field(self, cur) -> str | None:
         """Which plan field a statement that does not plan comes from: each SQL fragment is
@@ -1594,7 +1624,7 @@ class Worker:
         cur.execute("SELECT set_config('jit', 'off', true)")
         if self.pending is None:
             batch, rows = self.read_batch(cur, state.last_key if state.last_key is not None else state.range_lo, 0)
-            batch.results = self.transform(rows)
+            batch.results, batch.count = self.transform(rows)
         else:
             batch = self.pending
         upcoming, upcoming_rows = (None, None) if batch.exhausted else self.read_batch(cur, batch.hi, 1 - batch.pair)
@@ -1616,7 +1646,7 @@ class Worker:
         transform_error = None
         try:
             if upcoming is not None:
-                upcoming.results = self.transform(upcoming_rows)
+                upcoming.results, upcoming.count = self.transform(upcoming_rows)
         except BackfillError as exc:
             transform_error = exc
         finally:
@@ -1661,10 +1691,10 @@ class Worker:
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r)) for r in cur.fetchall()]
 
-    def transform(self, rows: list[dict]) -> io.StringIO | None:
-        """The transform's results as one COPY text stream (None when it returned nothing)."""
+    def transform(self, rows: list[dict]) -> tuple[io.StringIO | None, int]:
+        """The transform's results as one COPY text stream (None when it returned nothing) and their count."""
         if not rows:
-            return None
+            return None, 0
         try:
             results = self.engine.func(rows)
         except Exception as exc:
@@ -1682,9 +1712,9 @@ class Worker:
             raise BackfillError(f"python transform {self.spec.python} returned an item without {exc} (each item "
                                 f"must be a dict with {columns})") from exc
         if not count:
-            return None
+            return None, 0
         buf.seek(0)
-        return buf
+        return buf, count
 
     def write(self, cur, batch: PendingBatch) -> tuple[int, list, float | None]:
         """COPY the results, then the guarded write: (rows written, keys skipped, when the write began)."""
@@ -1696,8 +1726,12 @@ class Worker:
         tcond, tparams = stmts.range_cond(batch.lo, batch.hi, alias=(stmts.target.schema, stmts.target.table))
         t_write = time.monotonic()
         cur.execute(stmts.guarded_update(tcond, self.filt, batch.pair), tparams + self.fparams)
-        result = cur.fetchall()
-        return result[0][0], [r[1:] for r in result if r[1] is not None], t_write
+        written = cur.rowcount
+        skipped: list = []
+        if written < batch.count:  # some row changed (or the transform returned a key twice or out of the batch)
+            cur.execute(stmts.skipped_rows(tcond, batch.pair), tparams)
+            skipped = cur.fetchall()
+        return written, skipped, t_write
 
     def retry_skipped(self, cur, batch: PendingBatch, updated: int, skipped: list) -> tuple[int, int]:
         """Rounds of re-read, transform and guarded write for the rows another session changed,
@@ -1716,7 +1750,7 @@ class Worker:
             cur.execute(stmts.empty_temps(batch.pair))
             cur.execute(stmts.retried_rows(cond, self.filt, batch.pair),
                         params + [[k[i] for k in skipped] for i in range(len(stmts.key))] + self.fparams)
-            batch.results = self.transform(self.fetch_dicts(cur))
+            batch.results, batch.count = self.transform(self.fetch_dicts(cur))
             more, skipped, _ = self.write(cur, batch)
             updated += more
             if not skipped:
@@ -1735,6 +1769,7 @@ class PendingBatch:
     size: int
     pair: int
     results: io.StringIO | None = None
+    count: int = 0
 
 
 def spec_defaults() -> dict:

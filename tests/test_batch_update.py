@@ -47,6 +47,10 @@ def bump_confidence(rows):
     return [{"id": r["id"], "confidence": None if r["confidence"] is None else r["confidence"] + 1} for r in rows]
 
 
+def count_keys(rows):
+    return [{"id": r["id"], "n": len(r["body"])} for r in rows]
+
+
 def fails_at_1500(rows):
     if any(r["id"] >= 1500 for r in rows):
         raise ValueError("cannot score prediction 1500")
@@ -508,3 +512,17 @@ def test_row_that_keeps_changing_fails_the_batch_clearly(pg, v2_db, tmp_path):
     assert query(pg, v2_db, "SELECT count(*) FROM predictions WHERE feature_importance IS NOT NULL")[0][0] == 0
     rows = checkpoints(pg, v2_db, BACKFILL["name"])
     assert rows[0][1] == "failed" and rows[0][2] == 0
+
+
+def test_guard_compares_types_without_equality_as_text(pg, v2_db, tmp_path, helpers):
+    """json has no '=' operator: the guarded write compares such a column in its text form."""
+    query(pg, v2_db, "CREATE TABLE docs (id int PRIMARY KEY, body json NOT NULL, n int)")
+    query(pg, v2_db, "INSERT INTO docs SELECT i, json_build_object('a', i, 'b', repeat('x', mod(i, 7))) "
+                     "FROM generate_series(1, 500) i")
+    args = {**conn_args(pg, v2_db), "name": "docs_n", "table": "docs", "python": "test_only_transforms:count_keys",
+            "python_path": [APP_DIR, helpers], "columns": ["n"], "batch_size": 120, "min_batch_size": 120,
+            "max_batch_size": 120}
+    res = run_module("pg_batch_update", args, tmp_path)
+    assert res.get("failed") is not True, res.get("msg")
+    assert res["rows_updated"] == 500 and res["rows_retried"] == 0
+    assert query(pg, v2_db, "SELECT count(*) FROM docs WHERE n = 2")[0][0] == 500
