@@ -16,9 +16,12 @@ description:
     last committed batch; nothing is skipped and nothing is done twice. A second copy of the same backfill is
     refused while the first one runs.
   - Transforms are SQL expressions per column (O(set), computed by the server from the current row) or a Python
-    function (O(python)), which receives the batch's rows (locked C(FOR UPDATE), so a concurrent change cannot be
-    overwritten with a stale value) and returns the new values; they are written back with COPY into a temporary
-    table and one UPDATE bounded by the batch's range.
+    function (O(python)). The Python function receives the batch's rows read without row locks and returns the
+    new values; they are COPYed into a temporary table and written with one UPDATE bounded by the batch's range and
+    guarded by the values read (every column read or written, NULL-safe). A row changed by another session between
+    the read and the write is skipped by that UPDATE, read again and transformed again (at most O(max_retries)
+    rounds, then the batch fails and names the key), so a concurrent change is never overwritten with a value computed
+    from a stale row, and no row is dropped. Row locks are held only from that UPDATE to the commit.
   - The batch size adapts toward O(target_batch_ms) within [O(min_batch_size), O(max_batch_size)]. A lock timeout
     halves the batch and retries. Optional health holds wait while a standby lags, a vacuum runs on the table, or
     WAL waits to be archived, and say why.
@@ -79,7 +82,8 @@ options:
     type: list
     elements: str
   read_columns:
-    description: Columns the Python transform reads (default all).
+    description: Columns the Python transform reads (default all). The write is guarded by these and O(columns);
+      a change to any of them between the read and the write makes the row be read and transformed again.
     type: list
     elements: str
   where:
@@ -128,7 +132,8 @@ options:
     type: int
     default: 100000
   target_batch_ms:
-    description: Duration of a batch transaction the adaptive size aims at (row locks are held that long).
+    description: Duration of a batch transaction the adaptive size aims at (row locks are held that long); with
+      O(python), the time from the batch's write to its commit (the only time its rows are locked).
     type: int
     default: 100
   pause_ms:
@@ -144,7 +149,8 @@ options:
     type: str
     default: 1min
   max_retries:
-    description: Retries in a row (lock timeout, deadlock) before the backfill stops.
+    description: Retries in a row (lock timeout, deadlock) before the backfill stops; with O(python) also the
+      rounds a batch re-reads rows that changed between its read and its write before it fails.
     type: int
     default: 10
   workers:
@@ -317,6 +323,16 @@ max_lock_ms:
   description: Longest time a batch held row locks (from its UPDATE to its commit), in milliseconds.
   returned: success
   type: float
+rows_retried:
+  description: Rows of committed batches that a Python transform read and transformed again because another
+    session changed them between the batch's read and its write (0 for O(set)).
+  returned: success
+  type: int
+conflicts:
+  description: Guarded writes of a Python transform that skipped changed rows (each followed by a re-read of
+    those rows; 0 for O(set)).
+  returned: success
+  type: int
 batch_size:
   description: Batch size at the end (adaptive).
   returned: success

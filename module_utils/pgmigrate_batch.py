@@ -15,9 +15,13 @@ How a backfill runs:
   a batch and its checkpoint commit together: after ``kill -9`` of anything the next run
   resumes after the last committed batch, skipping nothing and doing nothing twice.
 * SQL transforms are computed by the server from the current row.  A Python transform
-  reads the batch's rows ``FOR UPDATE`` (a concurrent writer waits, so the value written
-  back can never be computed from a stale row), calls the function, COPYs the results into
-  a temporary table and writes them back with one UPDATE bounded by the same range.
+  reads the batch's rows without locks (one statement that also keeps the values it read in
+  a temporary table), calls the function, COPYs the results into a second temporary table
+  and writes them back with one UPDATE ... FROM bounded by the same range and guarded by
+  the values that were read: a row whose read or written columns changed meanwhile is
+  skipped, re-read and transformed again (at most ``max_retries`` rounds), never
+  overwritten.  Row locks are held only from that UPDATE to the commit.  The transaction that
+  writes batch N first reads batch N+1, whose transform then runs while the server writes N.
 * The batch size adapts toward ``target_batch_ms`` (shrink fast when a batch is slow, grow
   by at most 20 % when it is fast), a lock timeout halves the batch and retries, and health
   holds (replication lag, vacuum on the table, WAL archive backlog) wait and say why.
@@ -63,7 +67,9 @@ from ansible.module_utils.pgmigrate_sql import PlanSqlError, backfill_fragments,
 CHECKPOINT_TABLE = "batch_checkpoints"
 PASSES_TABLE = "batch_passes"
 ADVISORY_CLASS = "pgmigrate-ops:backfill"
-TEMP_TABLE = "pgmigrate_backfill_rows"
+READ_TABLE = "pgmigrate_backfill_read"  # per connection: the key and the guarded values of the rows read
+TEMP_TABLE = "pgmigrate_backfill_rows"  # per connection: the key and the new values from the Python transform
+TMP_PREFIX = "pgmigrate_"  # the temp tables' column names, apart from any target column a filter may name
 WATCH_INTERVAL_S = 1.0  # how often a running backfill checks that its controlling playbook lives
 RETRYABLE_SQLSTATES = {"55P03": "lock timeout", "40P01": "deadlock", "40001": "serialization failure",
                        "57014": "statement timeout"}
@@ -241,26 +247,35 @@ def load_function(spec: Spec) -> Callable:
 # ---------------------------------------------------------------------------------------
 # SQL building (identifiers quoted, values bound, plan fragments via fragment())
 # ---------------------------------------------------------------------------------------
+def qualified(alias: str | tuple | None, name: str):
+    """A column name, bare, after a table alias, or after a (schema, table) pair."""
+    if alias is None:
+        return sql.Identifier(name)
+    if isinstance(alias, tuple):
+        return sql.Identifier(*alias, name)
+    return sql.Identifier(alias, name)
+
+
 class Statements:
     def __init__(self, spec: Spec, target: Target) -> None:
         self.spec = spec
         self.target = target
         self.key = target.key
         self.composite = len(self.key) > 1
+        self.text_guard: set[str] = set()  # guarded columns whose type has no '=' (json, xml, point): compared as text
 
-    def key_expr(self, alias: str | None = None):
-        idents = [sql.Identifier(alias, k) if alias else sql.Identifier(k) for k in self.key]
+    def key_expr(self, alias: str | tuple | None = None):
+        idents = [qualified(alias, k) for k in self.key]
         return idents[0] if not self.composite else sql.SQL("({})").format(sql.SQL(", ").join(idents))
 
     def key_param(self):
         casts = [sql.SQL("%s::") + sql.SQL(self.target.columns[k].type) for k in self.key]
         return casts[0] if not self.composite else sql.SQL("({})").format(sql.SQL(", ").join(casts))
 
-    def key_list(self, alias: str | None = None, suffix: str = ""):
-        return sql.SQL(", ").join(
-            (sql.Identifier(alias, k) if alias else sql.Identifier(k)) + sql.SQL(suffix) for k in self.key)
+    def key_list(self, alias: str | tuple | None = None, suffix: str = ""):
+        return sql.SQL(", ").join(qualified(alias, k) + sql.SQL(suffix) for k in self.key)
 
-    def range_cond(self, lo: list | None, hi: list | None, alias: str | None = None) -> tuple[Any, list]:
+    def range_cond(self, lo: list | None, hi: list | None, alias: str | tuple | None = None) -> tuple[Any, list]:
         parts, params = [], []
         if lo is not None:
             parts.append(sql.SQL("{} > {}").format(self.key_expr(alias), self.key_param()))
@@ -308,31 +323,126 @@ class Statements:
         cols = self.spec.read_columns or list(self.target.columns)
         return list(dict.fromkeys(self.key + cols))
 
-    def select_for_update(self, cond, filt) -> Any:
+    def plain_select(self, cond, filt) -> Any:
+        """What a batch of the Python transform reads (planned before the first batch; shown as ``sql``)."""
         where = cond if filt is None else sql.SQL("{} AND {}").format(cond, filt)
-        return sql.SQL("SELECT {cols} FROM {t} WHERE {w} ORDER BY {keys} FOR UPDATE").format(
+        return sql.SQL("SELECT {cols} FROM {t} WHERE {w} ORDER BY {keys}").format(
             cols=sql.SQL(", ").join(sql.Identifier(c) for c in self.read_columns()), t=self.target.ident,
             w=where, keys=self.key_list())
+
+    def guard_columns(self) -> list[str]:
+        """Every non-key column the transform reads or writes: the write is guarded by all of them."""
+        return [c for c in dict.fromkeys(self.read_columns() + list(self.spec.columns or [])) if c not in self.key]
 
     def write_columns(self) -> list[str]:
         return list(dict.fromkeys(self.key + list(self.spec.columns or [])))
 
-    def create_temp(self) -> Any:
-        return sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {tmp} ON COMMIT DELETE ROWS AS SELECT {cols} FROM {t} "
-                       "WITH NO DATA").format(tmp=sql.Identifier(TEMP_TABLE), t=self.target.ident,
-                                              cols=sql.SQL(", ").join(sql.Identifier(c) for c in self.write_columns()))
+    @staticmethod
+    def tmp_names(prefix: str, names: list[str]) -> list[str]:
+        return [f"{TMP_PREFIX}{prefix}{i}" for i in range(len(names))]
 
-    def copy_in(self) -> Any:
+    @staticmethod
+    def read_table(pair: int):
+        return sql.Identifier(f"{READ_TABLE}_{pair}")
+
+    @staticmethod
+    def new_table(pair: int):
+        return sql.Identifier(f"{TEMP_TABLE}_{pair}")
+
+    def create_temps(self) -> list:
+        """Two pairs of temp tables per connection, typed like the target's columns: a batch is read into
+        one pair in the transaction that writes the batch before it from the other."""
+        def create(ident, pairs: list[tuple[str, str]]):
+            return sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {tmp} AS SELECT {cols} FROM {t} WITH NO DATA").format(
+                tmp=ident, t=self.target.ident,
+                cols=sql.SQL(", ").join(sql.SQL("{} AS {}").format(sql.Identifier(c), sql.Identifier(a))
+                                        for c, a in pairs))
+        keys = list(zip(self.key, self.tmp_names("k", self.key)))
+        guard = self.guard_columns()
+        written = list(self.spec.columns)
+        return [statement for pair in (0, 1) for statement in (
+            create(self.read_table(pair), keys + list(zip(guard, self.tmp_names("o", guard)))),
+            create(self.new_table(pair), keys + list(zip(written, self.tmp_names("n", written)))))]
+
+    def read_rows(self, where, pair: int) -> Any:
+        """One statement, one snapshot: the rows the transform gets are exactly the values kept
+        in the read table for the write's guard.  No row lock is taken."""
+        guard = self.guard_columns()
+        knames, onames = self.tmp_names("k", self.key), self.tmp_names("o", guard)
+        source = dict(zip(self.key, knames)) | dict(zip(guard, onames))
+        returned = sql.SQL(", ").join(sql.SQL("{} AS {}").format(sql.Identifier(source[c]), sql.Identifier(c))
+                                      for c in self.read_columns())
+        return sql.SQL("WITH r AS (INSERT INTO {tmp} ({tcols}) SELECT {cols} FROM {t} WHERE {w} RETURNING {ret}) "
+                       "SELECT * FROM r ORDER BY {keys}").format(
+            tmp=self.read_table(pair), tcols=sql.SQL(", ").join(map(sql.Identifier, knames + onames)),
+            cols=sql.SQL(", ").join(map(sql.Identifier, self.key + guard)), t=self.target.ident, w=where,
+            ret=returned, keys=self.key_list())
+
+    def batch_rows(self, cond, filt, pair: int) -> Any:
+        return self.read_rows(cond if filt is None else sql.SQL("{} AND {}").format(cond, filt), pair)
+
+    def retried_rows(self, cond, filt, pair: int) -> Any:
+        """The rows of the batch the guarded write skipped, again: their keys come as text arrays."""
+        knames = [sql.Identifier(f"u{i}") for i in range(len(self.key))]
+        picked = sql.SQL("{} IN (SELECT {} FROM unnest({}) AS u({}))").format(
+            self.key_expr(),
+            sql.SQL(", ").join(sql.SQL("{}::").format(n) + sql.SQL(self.target.columns[k].type)
+                               for n, k in zip(knames, self.key)),
+            sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in self.key), sql.SQL(", ").join(knames))
+        parts = [cond, picked] + ([] if filt is None else [filt])
+        return self.read_rows(sql.SQL(" AND ").join(parts), pair)
+
+    def copy_in(self, pair: int) -> Any:
+        names = self.tmp_names("k", self.key) + self.tmp_names("n", list(self.spec.columns))
         return sql.SQL("COPY {tmp} ({cols}) FROM STDIN").format(
-            tmp=sql.Identifier(TEMP_TABLE), cols=sql.SQL(", ").join(sql.Identifier(c) for c in self.write_columns()))
+            tmp=self.new_table(pair), cols=sql.SQL(", ").join(map(sql.Identifier, names)))
 
-    def python_update(self, cond) -> Any:
-        """Write back from the temp table, bounded by the batch's range (an index range scan)."""
-        assignments = sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(c), sql.Identifier("s", c))
-                                         for c in self.spec.columns)
-        return sql.SQL("UPDATE {t} AS t SET {a} FROM {tmp} AS s WHERE {tk} = {sk} AND {cond}").format(
-            t=self.target.ident, a=assignments, tmp=sql.Identifier(TEMP_TABLE), tk=self.key_expr("t"),
-            sk=self.key_expr("s"), cond=cond)
+    def guarded_update(self, cond, filt, pair: int) -> Any:
+        """Write the new values where every guarded column still holds the value that was read
+        (NULL-safe); its row count says whether every row was written."""
+        t = (self.target.schema, self.target.table)
+        written = list(self.spec.columns)
+        assignments = sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(c), sql.Identifier("n", n))
+                                         for c, n in zip(written, self.tmp_names("n", written)))
+        unchanged = [self.same(qualified(t, c), sql.Identifier("o", o), c)
+                     for c, o in zip(self.guard_columns(), self.tmp_names("o", self.guard_columns()))]
+        where = sql.SQL(" AND ").join([self.pair_join(t), cond] + ([] if filt is None else [filt]) + unchanged)
+        return sql.SQL("UPDATE {t} SET {a} FROM {new} AS n JOIN {old} AS o ON {on} WHERE {w}").format(
+            t=self.target.ident, a=assignments, new=self.new_table(pair), old=self.read_table(pair),
+            on=self.pair_join(None), w=where)
+
+    def skipped_rows(self, cond, pair: int) -> Any:
+        """After a guarded write that wrote fewer rows than it was given: the keys (as text) of the rows
+        it skipped, i.e. rows of the batch that hold neither the value read nor the value written."""
+        t = (self.target.schema, self.target.table)
+        written = list(self.spec.columns)
+        as_written = dict(zip(written, self.tmp_names("n", written)))
+        now = [self.same(qualified(t, c), sql.Identifier("n", as_written[c]), c) if c in as_written else
+               self.same(qualified(t, c), sql.Identifier("o", o), c)
+               for c, o in zip(self.guard_columns(), self.tmp_names("o", self.guard_columns()))]
+        keys = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier("n", k))
+                                  for k in self.tmp_names("k", self.key))
+        return sql.SQL("SELECT {keys} FROM {new} AS n JOIN {old} AS o ON {on} JOIN {t} ON {tj} "
+                       "WHERE {cond} AND NOT ({now})").format(
+            keys=keys, new=self.new_table(pair), old=self.read_table(pair), on=self.pair_join(None),
+            t=self.target.ident, tj=self.pair_join(t), cond=cond, now=sql.SQL(" AND ").join(now))
+
+    def same(self, left, right, column: str) -> Any:
+        """NULL-safe equality; a type without '=' (json, xml, point) is compared in its text form."""
+        text = "{}::text IS NOT DISTINCT FROM {}::text" if column in self.text_guard else "{} IS NOT DISTINCT FROM {}"
+        return sql.SQL(text).format(left, right)
+
+    def pair_join(self, target: tuple | None) -> Any:
+        """The key join of the new values (n) with the values read (o), or of n with the target table."""
+        knames = self.tmp_names("k", self.key)
+        return sql.SQL(" AND ").join(
+            sql.SQL("{} = {}").format(qualified(target, k) if target else sql.Identifier("o", kn),
+                                      sql.Identifier("n", kn))
+            for k, kn in zip(self.key, knames))
+
+    def empty_temps(self, *pairs: int) -> Any:
+        return sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(
+            t for pair in pairs for t in (self.read_table(pair), self.new_table(pair))))
 
     def key_bounds_by_offset(self, cond) -> Any:
         texts = self.key_texts()
@@ -540,6 +650,8 @@ class Progress:
         self.rows_updated = 0
         self.batches = 0
         self.retries = 0
+        self.rows_retried = 0
+        self.conflicts = 0
         self.holds = 0
         self.hold_seconds = 0.0
         self.hold_reasons: dict[str, int] = {}
@@ -554,8 +666,9 @@ class Progress:
 
     # -- counters ------------------------------------------------------------------
     def batch(self, worker: int, scanned: int, updated: int, batch_ms: float, lock_ms: float, size: int,
-              exhausted: bool) -> None:
+              exhausted: bool, retried: int = 0) -> None:
         with self.lock:
+            self.rows_retried += retried
             self.rows_done += scanned
             self.rows_updated += updated
             self.batches += 1
@@ -576,6 +689,12 @@ class Progress:
         with self.lock:
             self.retries += 1
         self.emit("retry", force=True, reason=reason)
+
+    def conflict(self, rows: int) -> None:
+        """A guarded write skipped rows changed since they were read (they are read again)."""
+        with self.lock:
+            self.conflicts += 1
+        self.emit("conflict", force=True, rows=rows)
 
     def hold(self, reason: str, new_episode: bool, waited: float) -> None:
         with self.lock:
@@ -612,8 +731,8 @@ class Progress:
                     "backfill": self.spec.name, "table": self.table, "event": event, "run_id": self.spec.run_id,
                     "token": self.spec.progress_token, "pid": os.getpid(), **figures,
                     "batches": self.batches_before + self.batches, "batch_size": self.batch_size,
-                    "batch_ms": round(self.last_batch_ms, 1), "retries": self.retries, "holds": self.holds,
-                    **extra}
+                    "batch_ms": round(self.last_batch_ms, 1), "retries": self.retries,
+                    "rows_retried": self.rows_retried, "holds": self.holds, **extra}
             if self.spec.progress_file:
                 with open(self.spec.progress_file, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(line, default=str) + "\n")
@@ -823,6 +942,8 @@ class Backfill:
                 require_columns(spec, self.target, [spec.incremental["column"]], "incremental column")
             self.stmts = Statements(spec, self.target)
             self.explain(cur)
+            if spec.python:
+                self.find_text_guards(cur)
         self.conn.rollback()
         if spec.python:
             self.func = load_function(spec)
@@ -852,7 +973,7 @@ class Backfill:
         cond, params = self.stmts.range_cond(None, None)
         filt, fparams = self.stmts.filter_cond(self.now_param())
         stmt = (self.stmts.sql_update(cond, filt) if self.spec.set
-                else self.stmts.select_for_update(cond, filt))
+                else self.stmts.plain_select(cond, filt))
         try:
             cur.execute(sql.SQL("EXPLAIN ") + stmt, params + fparams)
         except psycopg2.Error as exc:
@@ -865,6 +986,19 @@ class Backfill:
             raise BackfillError(f"backfill {self.spec.name}: the SQL of the backfill does not plan: {text}. "
                                 f"{where}; nothing was changed", missing=missing, field=field,
                                 sql=stmt.as_string(self.conn)) from exc
+
+    def find_text_guards(self, cur) -> None:
+        """A guarded column whose type has no equality operator (json, xml, point) is compared in
+        its text form: the value read and the value in the table print alike when unchanged."""
+        for col in self.stmts.guard_columns():
+            try:
+                cur.execute(sql.SQL("EXPLAIN SELECT 1 FROM {t} WHERE {c} IS NOT DISTINCT FROM {c}").format(
+                    t=self.target.ident, c=sql.Identifier(col)))
+            except psycopg2.Error as exc:
+                self.conn.rollback()
+                if getattr(exc, "pgcode", None) != "42883":  # undefined_function: no '=' for the type
+                    raise
+                self.stmts.text_guard.add(col)
 
     def failing_field(self, cur) -> str | None:
         """Which plan field a statement that does not plan comes from: each SQL fragment is
@@ -891,7 +1025,7 @@ class Backfill:
         lo = [f"<after {k}>" for k in self.target.key]
         cond, _ = self.stmts.range_cond(lo, lo)
         filt, _ = self.stmts.filter_cond(self.now_param())
-        stmt = self.stmts.sql_update(cond, filt) if self.spec.set else self.stmts.select_for_update(cond, filt)
+        stmt = self.stmts.sql_update(cond, filt) if self.spec.set else self.stmts.plain_select(cond, filt)
         text = stmt.as_string(self.conn)
         return text.replace("%%", "%")
 
@@ -1138,6 +1272,8 @@ class Backfill:
             "batches": progress.batches,
             "duration_s": round(time.monotonic() - started, 3),
             "retries": progress.retries,
+            "rows_retried": progress.rows_retried,
+            "conflicts": progress.conflicts,
             "holds": {"count": progress.holds, "seconds": round(progress.hold_seconds, 1),
                       "reasons": progress.hold_reasons},
             "blind_holds": dict(self.blind),
@@ -1282,13 +1418,15 @@ class Worker:
         self.ck = checkpoint_ident(self.spec.ops_schema)
         self.ph = passes_ident(self.spec.ops_schema)
         self.filt, self.fparams = self.stmts.filter_cond(since)
+        self.pending: PendingBatch | None = None  # Python transform: the batch read, to be written next
 
     def run(self) -> None:
         conn = self.engine.connect()
         try:
             if self.spec.python:
                 with conn.cursor() as cur:
-                    cur.execute(self.stmts.create_temp())
+                    for statement in self.stmts.create_temps():
+                        cur.execute(statement)
                 conn.commit()
             consecutive_retries = 0
             while not self.stop.is_set():
@@ -1382,29 +1520,27 @@ class Worker:
             self.progress.hold(reason, new, 0.0 if new else self.spec.hold_poll_s)
             time.sleep(self.spec.hold_poll_s)
 
-    def batch(self, conn) -> bool:
-        """One transaction: find the range, update it, move the checkpoint.  True when the range is exhausted."""
-        spec, state, stmts = self.spec, self.state, self.stmts
-        size = self.sizer.size
-        t0 = time.monotonic()
-        cur = conn.cursor()
+    def begin(self, cur) -> None:
         cur.execute("SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
-                    (spec.lock_timeout, spec.statement_timeout))
-        lo = state.last_key if state.last_key is not None else state.range_lo
-        cond, params = stmts.range_cond(lo, state.range_hi)
-        cur.execute(stmts.boundary(cond), params + [size])
+                    (self.spec.lock_timeout, self.spec.statement_timeout))
+
+    def next_range(self, cur, lo) -> tuple[int, list | None, bool, list | None]:
+        """The next batch after key ``lo``: (keys in it, its upper key, whether the range ends with it,
+        the key the checkpoint moves to once it is written)."""
+        state, size = self.state, self.sizer.size
+        cond, params = self.stmts.range_cond(lo, state.range_hi)
+        cur.execute(self.stmts.boundary(cond), params + [size])
         row = cur.fetchone()
         if row is None:
-            scanned, hi, exhausted = 0, state.range_hi, True
-        else:
-            scanned = row[-1]
-            exhausted = scanned < size
-            hi = state.range_hi if exhausted else list(row[:-1])
-        t_lock = time.monotonic()
-        updated = 0
-        if scanned:
-            updated = self.sql_batch(cur, lo, hi) if spec.set else self.python_batch(cur, lo, hi)
-        new_last = hi if hi is not None else (list(row[:-1]) if row is not None else state.last_key)
+            return 0, state.range_hi, True, (lo if lo is not None else state.last_key)
+        scanned = row[-1]
+        exhausted = scanned < size
+        hi = state.range_hi if exhausted else list(row[:-1])
+        return scanned, hi, exhausted, (hi if hi is not None else list(row[:-1]))
+
+    def record(self, cur, new_last, scanned: int, updated: int, size: int, exhausted: bool) -> None:
+        """Move the checkpoint (and this execution's counters) in the batch's own transaction."""
+        spec, state = self.spec, self.state
         cur.execute(sql.SQL("UPDATE {} SET last_key = %s, rows_done = rows_done + %s, "
                             "rows_updated = rows_updated + %s, batches = batches + %s, batch_size = %s, status = %s, "
                             "updated_at = clock_timestamp(), "
@@ -1418,6 +1554,25 @@ class Worker:
                                 "status = CASE WHEN %s THEN 'done' ELSE status END, "
                                 "finished_at = CASE WHEN %s THEN clock_timestamp() END WHERE id = %s").format(self.ph),
                         (scanned, updated, 1 if scanned else 0, exhausted, exhausted, state.history_id))
+
+    def batch(self, conn) -> bool:
+        """One transaction: find the range, update it, move the checkpoint.  True when the range is exhausted."""
+        if not self.spec.set:
+            try:
+                return self.python_step(conn)
+            except BaseException:
+                self.pending = None  # the transaction rolls back: start again from the checkpoint
+                raise
+        state = self.state
+        size = self.sizer.size
+        t0 = time.monotonic()
+        cur = conn.cursor()
+        self.begin(cur)
+        lo = state.last_key if state.last_key is not None else state.range_lo
+        scanned, hi, exhausted, new_last = self.next_range(cur, lo)
+        t_lock = time.monotonic()
+        updated = self.sql_batch(cur, lo, hi) if scanned else 0
+        self.record(cur, new_last, scanned, updated, size, exhausted)
         conn.commit()
         t1 = time.monotonic()
         state.last_key = new_last
@@ -1432,13 +1587,92 @@ class Worker:
         cur.execute(self.stmts.sql_update(cond, self.filt), params + self.fparams)
         return cur.rowcount
 
-    def python_batch(self, cur, lo, hi) -> int:
-        cond, params = self.stmts.range_cond(lo, hi)
-        cur.execute(self.stmts.select_for_update(cond, self.filt), params + self.fparams)
+    # -- the Python transform: read without locks, write guarded by the values read ---------------
+    def python_step(self, conn) -> bool:
+        """One transaction that reads batch N+1 (no row locks) and then writes batch N, read and
+        transformed before: while the server writes N, the transform of N+1 runs.  The checkpoint
+        moves past N in this transaction, so after a crash the next run starts after the last
+        batch written, and a batch read but not written is read again."""
+        state = self.state
+        t0 = time.monotonic()
+        cur = conn.cursor()
+        self.begin(cur)
+        # The temp tables have no statistics, so the guarded write's estimates are far too high and
+        # JIT compiling it would take longer than running it, while the batch's rows are locked.
+        cur.execute("SELECT set_config('jit', 'off', true)")
+        if self.pending is None:
+            batch, rows = self.read_batch(cur, state.last_key if state.last_key is not None else state.range_lo, 0)
+            batch.results, batch.count = self.transform(rows)
+        else:
+            batch = self.pending
+        upcoming, upcoming_rows = (None, None) if batch.exhausted else self.read_batch(cur, batch.hi, 1 - batch.pair)
+        outcome: dict[str, Any] = {}
+
+        def write() -> None:
+            try:
+                outcome["written"] = self.write(cur, batch)
+                if not outcome["written"][1]:
+                    self.record(cur, batch.new_last, batch.scanned, outcome["written"][0], batch.size,
+                                batch.exhausted)
+                    conn.commit()
+                    outcome["committed"] = time.monotonic()
+            except BaseException as exc:  # raised below, in the worker's thread
+                outcome["error"] = exc
+
+        writer = threading.Thread(target=write, name=f"backfill-write-{state.worker}", daemon=True)
+        writer.start()
+        transform_error = None
+        try:
+            if upcoming is not None:
+                upcoming.results, upcoming.count = self.transform(upcoming_rows)
+        except BackfillError as exc:
+            transform_error = exc
+        finally:
+            writer.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        updated, skipped, t_write = outcome["written"]
+        retried = 0
+        if skipped:  # rows changed between the read and the write: read, transform and write them again
+            updated, retried = self.retry_skipped(cur, batch, updated, skipped)
+            self.record(cur, batch.new_last, batch.scanned, updated, batch.size, batch.exhausted)
+            conn.commit()
+            outcome["committed"] = time.monotonic()
+        t1 = outcome["committed"]
+        state.last_key = batch.new_last
+        self.pending = upcoming
+        batch_ms = (t1 - t0) * 1000.0
+        lock_ms = (t1 - (t_write or t1)) * 1000.0
+        if batch.scanned:  # a Python batch locks its rows only from its write on: that is what the size aims at
+            self.sizer.observe(batch.scanned, lock_ms)
+        self.progress.batch(state.worker, batch.scanned, updated, batch_ms, lock_ms, self.sizer.size, batch.exhausted,
+                            retried)
+        if transform_error is not None:
+            raise transform_error
+        return batch.exhausted
+
+    def read_batch(self, cur, lo, pair: int) -> tuple[PendingBatch, list[dict]]:
+        """Find the batch after ``lo`` and read its rows into temp table pair ``pair`` (no row locks)."""
+        size = self.sizer.size
+        scanned, hi, exhausted, new_last = self.next_range(cur, lo)
+        batch = PendingBatch(lo, hi, scanned, exhausted, new_last, size, pair)
+        rows: list[dict] = []
+        if scanned:
+            cond, params = self.stmts.range_cond(lo, hi)
+            cur.execute(self.stmts.empty_temps(pair))  # the batch read into this pair before was written
+            cur.execute(self.stmts.batch_rows(cond, self.filt, pair), params + self.fparams)
+            rows = self.fetch_dicts(cur)
+        return batch, rows
+
+    @staticmethod
+    def fetch_dicts(cur) -> list[dict]:
         names = [d[0] for d in cur.description]
-        rows = [dict(zip(names, r)) for r in cur.fetchall()]
+        return [dict(zip(names, r)) for r in cur.fetchall()]
+
+    def transform(self, rows: list[dict]) -> tuple[io.StringIO | None, int]:
+        """The transform's results as one COPY text stream (None when it returned nothing) and their count."""
         if not rows:
-            return 0
+            return None, 0
         try:
             results = self.engine.func(rows)
         except Exception as exc:
@@ -1456,12 +1690,64 @@ class Worker:
             raise BackfillError(f"python transform {self.spec.python} returned an item without {exc} (each item "
                                 f"must be a dict with {columns})") from exc
         if not count:
-            return 0
+            return None, 0
         buf.seek(0)
-        cur.copy_expert(self.stmts.copy_in(), buf, size=1 << 20)
-        tcond, tparams = self.stmts.range_cond(lo, hi, alias="t")
-        cur.execute(self.stmts.python_update(tcond), tparams)
-        return cur.rowcount
+        return buf, count
+
+    def write(self, cur, batch: PendingBatch) -> tuple[int, list, float | None]:
+        """COPY the results, then the guarded write: (rows written, keys skipped, when the write began)."""
+        if batch.results is None:
+            return 0, [], None
+        stmts = self.stmts
+        cur.copy_expert(stmts.copy_in(batch.pair), batch.results, size=1 << 20)
+        batch.results = None
+        tcond, tparams = stmts.range_cond(batch.lo, batch.hi, alias=(stmts.target.schema, stmts.target.table))
+        t_write = time.monotonic()
+        cur.execute(stmts.guarded_update(tcond, self.filt, batch.pair), tparams + self.fparams)
+        written = cur.rowcount
+        skipped: list = []
+        if written < batch.count:  # some row changed (or the transform returned a key twice or out of the batch)
+            cur.execute(stmts.skipped_rows(tcond, batch.pair), tparams)
+            skipped = cur.fetchall()
+        return written, skipped, t_write
+
+    def retry_skipped(self, cur, batch: PendingBatch, updated: int, skipped: list) -> tuple[int, int]:
+        """Rounds of re-read, transform and guarded write for the rows another session changed,
+        at most max_retries; a row still changing then fails the batch (nothing of it is kept)."""
+        stmts, retried = self.stmts, 0
+        cond, params = stmts.range_cond(batch.lo, batch.hi)
+        for attempt in range(1, self.spec.max_retries + 2):
+            if attempt > self.spec.max_retries:
+                shown = ", ".join(str(list(k)) for k in skipped[:5])
+                raise BackfillError(f"{len(skipped)} row(s) changed between the read and the guarded write in "
+                                    f"{attempt} rounds in a row (max_retries={self.spec.max_retries}); keys "
+                                    f"{shown}{' ...' if len(skipped) > 5 else ''}. Nothing of this batch was "
+                                    "written; rerun when the writers of these rows are quiet")
+            retried += len(skipped)
+            self.progress.conflict(len(skipped))
+            cur.execute(stmts.empty_temps(batch.pair))
+            cur.execute(stmts.retried_rows(cond, self.filt, batch.pair),
+                        params + [[k[i] for k in skipped] for i in range(len(stmts.key))] + self.fparams)
+            batch.results, batch.count = self.transform(self.fetch_dicts(cur))
+            more, skipped, _ = self.write(cur, batch)
+            updated += more
+            if not skipped:
+                return updated, retried
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+@dataclass
+class PendingBatch:
+    """A Python batch read (into temp table pair ``pair``) and transformed, not written yet."""
+    lo: list | None
+    hi: list | None
+    scanned: int
+    exhausted: bool
+    new_last: list | None
+    size: int
+    pair: int
+    results: io.StringIO | None = None
+    count: int = 0
 
 
 def spec_defaults() -> dict:

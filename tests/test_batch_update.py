@@ -43,6 +43,14 @@ def slow_accuracy(rows):
     return transforms.prediction_accuracy(rows)
 
 
+def bump_confidence(rows):
+    return [{"id": r["id"], "confidence": None if r["confidence"] is None else r["confidence"] + 1} for r in rows]
+
+
+def count_keys(rows):
+    return [{"id": r["id"], "n": len(r["body"])} for r in rows]
+
+
 def fails_at_1500(rows):
     if any(r["id"] >= 1500 for r in rows):
         raise ValueError("cannot score prediction 1500")
@@ -299,14 +307,19 @@ def writer_loop(pg, db, stop, written, accuracy_expr):
 # ---------------------------------------------------------------------------------------
 # kill -9 at random points, then a rerun
 # ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("seed", "victim"), [(1, "module"), (2, "module"), (3, "module"), (4, "ansible-playbook"),
-                                              (5, "postgresql")])
-def test_kill_9_then_rerun_resumes_exactly(pg, v2_db, tmp_path, seed, victim):
-    """A non-idempotent backfill (confidence + 1, no where filter) shows any row done twice or skipped."""
+@pytest.mark.parametrize(("seed", "victim", "transform"), [
+    (1, "module", "sql"), (2, "module", "sql"), (3, "module", "sql"), (4, "ansible-playbook", "sql"),
+    (5, "postgresql", "sql"), (6, "module", "python"), (7, "module", "python"), (8, "postgresql", "python")])
+def test_kill_9_then_rerun_resumes_exactly(pg, v2_db, tmp_path, helpers, seed, victim, transform):
+    """A non-idempotent backfill (confidence + 1, no where filter) shows any row done twice or skipped.
+    The Python transform reads batch N+1 before it writes batch N: the kill must still lose nothing."""
     rng = random.Random(seed)
     original = dict(query(pg, v2_db, "SELECT id, confidence FROM predictions"))
-    args = {**conn_args(pg, v2_db), "name": "bump_confidence", "table": "predictions",
-            "set": {"confidence": "confidence + 1"}, "batch_size": 40, "min_batch_size": 40, "max_batch_size": 40,
+    change = ({"set": {"confidence": "confidence + 1"}} if transform == "sql" else
+              {"python": "test_only_transforms:bump_confidence", "python_path": [APP_DIR, helpers],
+               "columns": ["confidence"], "read_columns": ["confidence"]})
+    args = {**conn_args(pg, v2_db), "name": "bump_confidence", "table": "predictions", **change,
+            "batch_size": 40, "min_batch_size": 40, "max_batch_size": 40,
             "pause_ms": 10, "workers": 1 + seed % 2, "progress_file": str(tmp_path / "p.jsonl")}
     proc = start_module(pg, v2_db, tmp_path, args)
     try:
@@ -424,3 +437,92 @@ def test_data_phase_playbook_check_then_run(pg, v2_db, reference_rows, tmp_path)
     assert again.rc == 0
     facts = query(pg, v2_db, "SELECT phases->'data' FROM migration_ops.runs ORDER BY id DESC LIMIT 1")[0][0]
     assert facts["facts"]["rows_updated"] == 0
+
+
+# ---------------------------------------------------------------------------------------
+# A row changed between the Python transform's read and its write
+# ---------------------------------------------------------------------------------------
+WRITER_FIXTURES = str(ROOT / "tests" / "fixtures" / "concurrent_writer")
+
+
+@pytest.fixture
+def write_log(pg, v2_db):
+    """Every UPDATE of a prediction, with the session that made it."""
+    query(pg, v2_db, "CREATE TABLE write_log (id bigint NOT NULL, pid integer NOT NULL)")
+    query(pg, v2_db, "CREATE FUNCTION log_write() RETURNS trigger LANGUAGE plpgsql AS "
+                     "$$BEGIN INSERT INTO write_log VALUES (NEW.id, pg_backend_pid()); RETURN NEW; END$$")
+    query(pg, v2_db, "CREATE TRIGGER log_write AFTER UPDATE ON predictions FOR EACH ROW EXECUTE FUNCTION log_write()")
+
+
+def writer_env(pg, db, tmp_path) -> dict:
+    config = tmp_path / "writer.json"
+    config.write_text(json.dumps({"host": pg.host, "port": pg.port, "user": pg.user, "password": pg.password,
+                                  "dbname": db, "application_name": "concurrent-writer"}))
+    config.chmod(0o600)
+    return {"PGMIGRATE_TEST_WRITER": str(config)}
+
+
+def test_row_changed_between_read_and_write_is_retried_never_overwritten(pg, v2_db, write_log, tmp_path):
+    """During the transform of the first batch a second session commits: the app's own values for
+    101-110 (both written columns), a new result for 111-120 (an input the transform reads).
+    The writer's values survive, 111-120 get the transform of their new inputs, and every other
+    row is written exactly once by the backfill."""
+    before = dict(query(pg, v2_db, "SELECT id, actual_result FROM predictions WHERE id BETWEEN 111 AND 120"))
+    args = python_args(pg, v2_db, tmp_path, function="interfering_transforms:writer_during_first_batch",
+                       extra_path=[WRITER_FIXTURES], batch_size=400, min_batch_size=400, max_batch_size=400)
+    res = run_module("pg_batch_update", args, tmp_path, env=writer_env(pg, v2_db, tmp_path))
+    assert res.get("failed") is not True, res.get("msg")
+
+    # The writer committed while the batch was being transformed (its lock_timeout would have failed it
+    # if the batch's rows had been locked), so 20 rows of the batch changed between read and write.
+    assert res["conflicts"] == 1 and res["rows_retried"] == 20, res
+    assert res["rows_done"] == 3000 and res["rows_updated"] == 2990
+
+    app_rows = query(pg, v2_db, "SELECT model_accuracy, feature_importance::text FROM predictions "
+                                "WHERE id BETWEEN 101 AND 110")
+    assert app_rows == [(0.125, '{"written_by": "app"}')] * 10
+    changed = dict(query(pg, v2_db, "SELECT id, actual_result FROM predictions WHERE id BETWEEN 111 AND 120"))
+    assert all(changed[i] != before[i] for i in before)
+    stale = query(pg, v2_db, f"SELECT count(*) FROM predictions WHERE id NOT BETWEEN 101 AND 110 AND "
+                             f"(model_accuracy IS DISTINCT FROM ({ACCURACY_SQL}) OR feature_importance IS NULL)")
+    assert stale[0][0] == 0
+
+    # Exactly once: the writer's session wrote 20 rows once each; the backfill wrote every row but the
+    # app's ten once (111-120 only after their re-read), and never the app's ten.
+    per_row = query(pg, v2_db, "SELECT id, count(*) FROM write_log GROUP BY id HAVING count(*) <> 1 AND "
+                               "id NOT BETWEEN 111 AND 120")
+    assert per_row == []
+    assert query(pg, v2_db, "SELECT id, count(*) FROM write_log WHERE id BETWEEN 111 AND 120 GROUP BY id "
+                            "HAVING count(*) <> 2") == []
+    assert query(pg, v2_db, "SELECT count(DISTINCT pid) FROM write_log")[0][0] == 2
+    events = [json.loads(x) for x in (tmp_path / "progress.jsonl").read_text().splitlines()]
+    assert [e["rows"] for e in events if e["event"] == "conflict"] == [20]
+    assert events[-1]["rows_retried"] == 20
+
+
+def test_row_that_keeps_changing_fails_the_batch_clearly(pg, v2_db, tmp_path):
+    """A row changed before every guarded write: after max_retries rounds the batch is rolled back and
+    the module says which key, instead of overwriting it or dropping it."""
+    args = python_args(pg, v2_db, tmp_path, function="interfering_transforms:writer_that_never_stops",
+                       extra_path=[WRITER_FIXTURES], max_retries=2)
+    res = run_module("pg_batch_update", args, tmp_path, env=writer_env(pg, v2_db, tmp_path))
+    assert res.get("failed") is True
+    assert "1 row(s) changed between the read and the guarded write in 3 rounds in a row (max_retries=2); " \
+           "keys ['50']" in res["msg"], res["msg"]
+    assert query(pg, v2_db, "SELECT count(*) FROM predictions WHERE feature_importance IS NOT NULL")[0][0] == 0
+    rows = checkpoints(pg, v2_db, BACKFILL["name"])
+    assert rows[0][1] == "failed" and rows[0][2] == 0
+
+
+def test_guard_compares_types_without_equality_as_text(pg, v2_db, tmp_path, helpers):
+    """json has no '=' operator: the guarded write compares such a column in its text form."""
+    query(pg, v2_db, "CREATE TABLE docs (id int PRIMARY KEY, body json NOT NULL, n int)")
+    query(pg, v2_db, "INSERT INTO docs SELECT i, json_build_object('a', i, 'b', repeat('x', mod(i, 7))) "
+                     "FROM generate_series(1, 500) i")
+    args = {**conn_args(pg, v2_db), "name": "docs_n", "table": "docs", "python": "test_only_transforms:count_keys",
+            "python_path": [APP_DIR, helpers], "columns": ["n"], "batch_size": 120, "min_batch_size": 120,
+            "max_batch_size": 120}
+    res = run_module("pg_batch_update", args, tmp_path)
+    assert res.get("failed") is not True, res.get("msg")
+    assert res["rows_updated"] == 500 and res["rows_retried"] == 0
+    assert query(pg, v2_db, "SELECT count(*) FROM docs WHERE n = 2")[0][0] == 500
