@@ -314,6 +314,15 @@ def test_failed_phase_is_rolled_back_automatically(pg, reference_db, tmp_path, p
     assert any("2.0.0 rolled back" in p and "automatic: True" in p for p in posts), posts
 
 
+def blue_serves_1_0_0_again(stack, blue_config: Path, config_before: dict) -> None:
+    """After a rollback of a deploy: 1.0.0 serves from blue alone at v1_0_0, green is stopped and blue's
+    configuration is byte for byte what it was."""
+    assert stack.health() == {"status": "ok", "version": "1.0.0", "colour": "blue", "db_revision": "v1_0_0"}
+    assert [m["name"] for m in stack.upstream()["members"]] == ["blue"]
+    assert stack.programs()["app-green"][0] != "RUNNING"
+    assert config_digest(blue_config) == config_before
+
+
 def test_failed_deploy_is_rolled_back_with_the_old_release_serving_throughout(pg, reference_db, tmp_path):
     """Release 1.0.0 live behind nginx on blue; migrate.yml's 2.0.0 (a test-only broken release, which
     exits at start) fails the deploy phase after the schema change and the backfill. The automatic
@@ -341,10 +350,7 @@ def test_failed_deploy_is_rolled_back_with_the_old_release_serving_throughout(pg
         assert "rolling back automatically" in out and "Rollback: rolled back automatically:" in out
         assert loop.failures == [], loop.failures[:5]
         assert {a.version for a in loop.answers} == {"1.0.0"} and {a.colour for a in loop.answers} == {"blue"}
-        assert stack.health() == {"status": "ok", "version": "1.0.0", "colour": "blue", "db_revision": "v1_0_0"}
-        assert stack.upstream()["members"][0]["name"] == "blue"
-        assert stack.programs()["app-green"][0] != "RUNNING"
-        assert config_digest(blue_config) == config_before
+        blue_serves_1_0_0_again(stack, blue_config, config_before)
     finally:
         stack.stop()
     assert checksums(pg, reference_db) == before
@@ -389,10 +395,7 @@ def test_failed_validation_after_the_switch_sends_traffic_back_with_no_failed_re
         # the new nginx workers both answer, so a client may see the two versions alternate; none fails).
         changes = loop.version_changes()
         assert changes[0] == "1.0.0" and "2.0.0" in changes and changes[-1] == "1.0.0", changes
-        assert stack.health() == {"status": "ok", "version": "1.0.0", "colour": "blue", "db_revision": "v1_0_0"}
-        assert [m["name"] for m in stack.upstream()["members"]] == ["blue"]
-        assert stack.programs()["app-green"][0] != "RUNNING"
-        assert config_digest(blue_config) == config_before
+        blue_serves_1_0_0_again(stack, blue_config, config_before)
     finally:
         stack.stop()
     assert checksums(pg, reference_db) == before
