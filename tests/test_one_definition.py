@@ -278,8 +278,8 @@ def test_read_run_reads_every_ledger_column(cur):
     assert read_run(cur, HOSTILE_SCHEMA, 1) is None  # no ledger yet
     ensure_ops_schema(cur, HOSTILE_SCHEMA)
     runs = sql.Identifier(HOSTILE_SCHEMA, "runs")
-    cur.execute(sql.SQL("INSERT INTO {} (version, operator, to_version) VALUES ('1.0.0', 'ann', '1.0.0'), "
-                        "('2.0.0', 'bob', '2.0.0') RETURNING id").format(runs))
+    cur.execute(sql.SQL("INSERT INTO {} (version, operator, to_version) VALUES (%s, %s, %s), (%s, %s, %s) "
+                        "RETURNING id").format(runs), ("1.0.0", "ann", "1.0.0", "2.0.0", "bob", "2.0.0"))
     first, second = (r[0] for r in cur.fetchall())
     cur.execute(sql.SQL("UPDATE {} SET phases = '{{\"plan\": {{\"status\": \"ok\"}}}}', "
                         "finished_at = started_at WHERE id = %s").format(runs), (second,))
