@@ -109,7 +109,8 @@ def test_invalid_configuration_switches_nothing(pg, app_db, stack, tmp_path):
 
 def test_switch_back_has_zero_failed_requests(pg, app_db, stack, tmp_path):
     """Interface (d): blue is stopped (the refused deploys left 2.0.1 installed there); switch_back
-    starts it, proves it healthy, switches with one reload and stops green, under traffic."""
+    starts it, proves it healthy, switches by one rename of nginx's live socket and stops green, under
+    traffic."""
     with Traffic(stack.url, ["/health", "/predictions/1"], threads=4, requests=50_000, min_requests=200) as loop:
         res = run_playbook(SWITCH_BACK, tmp_path, stack.variables(pg, app_db, blue_green_switch_back_colour="blue"))
     assert res.rc == 0, res.output[-4000:]
@@ -120,6 +121,30 @@ def test_switch_back_has_zero_failed_requests(pg, app_db, stack, tmp_path):
     programs = stack.programs()
     assert programs["app-blue"][0] == "RUNNING" and programs["app-green"][0] == "STOPPED"
     assert stack.upstream()["members"][0]["name"] == "blue"
+
+
+def test_repeated_switches_never_flap_back(pg, app_db, stack, tmp_path):
+    """Two switches (there and back) under a request loop of 6 clients, each its own loop: no request
+    fails, and once any client has received the new colour's answer, no request sent after that reaches
+    the old one (each client sees the version change exactly once). Blue runs 2.0.1 (left by the
+    refused deploys), green 2.0.0."""
+    version = {"blue": "2.0.1", "green": "2.0.0"}
+    live = stack.health()["colour"]
+    for _ in range(2):
+        target = "green" if live == "blue" else "blue"
+        with Traffic(stack.url, ["/health", "/predictions/1"], threads=6, requests=50_000, min_requests=300,
+                     pace=0.005) as loop:
+            res = run_playbook(SWITCH_BACK, tmp_path,
+                               stack.variables(pg, app_db, blue_green_switch_back_colour=target))
+        assert res.rc == 0, res.output[-4000:]
+        assert loop.failures == [], loop.failures[:5]
+        old, new = version[live], version[target]
+        assert loop.flaps_back(old, new) == [], loop.flaps_back(old, new)[:5]
+        for client in range(6):
+            assert loop.version_changes(client) in ([old, new], [new]), (client, loop.version_changes(client))
+        assert stack.health()["colour"] == target and stack.upstream()["members"][0]["name"] == target
+        live = target
+    assert live == "blue"
 
 
 def test_config_restore_gives_back_the_files_byte_for_byte(pg, app_db, releases, tmp_path):

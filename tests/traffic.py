@@ -4,6 +4,7 @@
         ... switch ...
     loop.failures  -> the non-2xx answers and connection errors
     loop.version_changes() -> the served versions in order, duplicates collapsed
+    loop.flaps_back(old, new) -> answers of `old` to requests sent after any client got `new`
 
 The loop stops after M requests, or once the block has ended and each client has sent `tail`
 more requests (and `min_requests` were sent in all): bounded in requests, not timed.
@@ -114,6 +115,15 @@ class Traffic:
             if answer.version and (not out or out[-1] != answer.version):
                 out.append(answer.version)
         return out
+
+    def flaps_back(self, old: str, new: str) -> list[Answer]:
+        """The answers of the `old` version to requests started after some client had already received an
+        answer of the `new` one: a switch that never flaps back has none (whichever client sent them)."""
+        firsts = [a.started + a.elapsed for a in self.answers if a.version == new]
+        if not firsts:
+            return []
+        first_new = min(firsts)
+        return [a for a in self.answers if a.version == old and a.started > first_new]
 
     def latencies_ms(self) -> list[float]:
         return sorted(a.elapsed * 1000 for a in self.answers)
