@@ -11,6 +11,15 @@ def _count(value, total: int) -> int:
     return int(value)
 
 
+def fleet_serial(value) -> list:
+    """pgmigrate_fleet_serial as serial takes it: a list, or its items comma-separated ("1,25%,100%")."""
+    if isinstance(value, str):
+        return [int(v) if v.isdigit() else v for v in (p.strip() for p in value.split(",")) if v]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
 def fleet_waves(hosts: list, serial) -> list[list]:
     """The batches of ``hosts`` that a play with ``serial: <serial>`` runs, in order (the same arithmetic as
     PlaybookExecutor._get_serialized_batches: the last size repeats until every host has a wave)."""
@@ -31,4 +40,4 @@ def fleet_waves(hosts: list, serial) -> list[list]:
 
 class FilterModule:
     def filters(self) -> dict:
-        return {"pgmigrate_fleet_waves": fleet_waves}
+        return {"pgmigrate_fleet_serial": fleet_serial, "pgmigrate_fleet_waves": fleet_waves}

@@ -132,14 +132,20 @@ def _fmt(value, unit: str = "") -> str:
     return f"{value}{unit}"
 
 
+def cell(text) -> str:
+    """Text safe inside one Markdown table cell."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
 def rollback_text(run: dict | None) -> str:
     rb = (run or {}).get("rollback")
     if not rb:
         return "-"
     how = "automatic" if rb.get("automatic") else "stand-alone"
-    text = f"{rb.get('status')} ({how}, {rb.get('strategy') or '-'}; revision after: {rb.get('revision_after') or '-'})"
+    text = (f"rollback {rb.get('status')} ({how}, {rb.get('strategy') or '-'}; "
+            f"revision after: {rb.get('revision_after') or '-'})")
     if rb.get("error"):
-        text += f": {rb['error']}"
+        text += f": {cell(rb['error'])}"
     return text
 
 
@@ -160,8 +166,10 @@ def markdown(summary: dict) -> str:
         backup_text = "-" if not backup.get("path") else (
             f"{backup['path']} ({'proven' if backup.get('verified') else 'NOT proven'})")
         status = e["status"].replace("_", " ")
-        if e.get("error"):
-            status += f": {e['error']}"
+        if run.get("failed_phase"):
+            status += f" ({run['failed_phase']} phase failed)"
+        elif e.get("error"):
+            status += f": {cell(e['error'])}"
         lines.append(f"| {e['name']} | {_fmt(e.get('wave'))} | {status} | {run.get('from_revision') or '-'} -> "
                      f"{run.get('to_revision') or '-'} | {_fmt(run.get('rows_backfilled'))} | "
                      f"{_fmt(run.get('duration_s'), ' s')} | {backup_text} | {rollback_text(run)} |")

@@ -134,3 +134,110 @@ def test_a_second_fleet_run_changes_nothing(migrated_fleet):
         entry = by_name[member["host"]]
         assert entry["status"] == "already_at_target" and entry["run"]["id"] == ledger[0][0]
         assert entry["run"]["status"] == "succeeded"
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. One database of the second wave fails: the fleet stops, it is rolled back, the rest untouched
+# ---------------------------------------------------------------------------------------------
+def failing_plan_dir(base: Path) -> Path:
+    """Test-only: the reference plan plus a validation check that fails, for one host only."""
+    plan = copy.deepcopy(PLAN)
+    plan["validation"]["checks"].append(FAILING_CHECK)
+    plans = base / "broken-plans"
+    plans.mkdir(parents=True, exist_ok=True)
+    (plans / "2.0.0.yml").write_text(yaml.safe_dump(plan, sort_keys=False))
+    return plans
+
+
+def test_a_failed_database_stops_the_fleet_and_is_rolled_back(pg, pg2, tmp_path):
+    fleet = make_fleet([pg, pg2], 6, "fleet_bad")
+    bad = fleet[1]  # the second wave: [1, "25%", "100%"] of six is [1], [1], [4]
+    inventory = write_inventory(tmp_path, fleet, {bad["host"]: {"pgmigrate_plan_dir": str(failing_plan_dir(tmp_path))}})
+    try:
+        before = {m["host"]: state(m) for m in fleet}
+        res = run_playbook("fleet.yml", tmp_path, inventory)
+        out = text(res)
+        assert res.rc != 0, out[-4000:]
+        assert "The validate phase failed at" in out and "rollback_test_fails" in out
+        assert f"The fleet stops after wave 2: 1 of its 1 database(s) failed ({bad['host']})" in out
+        assert "Not started: " + ", ".join(sorted(m["host"] for m in fleet[2:])) in out
+        # The canary migrated.
+        rev, _, ledger = state(fleet[0])
+        assert rev == "v2_0_0" and [r[2] for r in ledger] == ["succeeded"]
+        # The failed one is rolled back by migrate.yml's own mechanism: as before, the run marked rolled_back.
+        rev, sums, ledger = state(bad)
+        assert (rev, sums) == before[bad["host"]][:2] and rev == "v1_0_0"
+        (run_id, _, status, phases, _), rollback_run = ledger
+        assert status == "rolled_back" and phases["validate"]["status"] == "failed"
+        assert phases["rollback"]["status"] == "succeeded" and phases["rollback"]["facts"]["automatic"] is True
+        assert rollback_run[1:3] == ("rollback", "succeeded")
+        # The later databases never started: revision, checksums and (no) ledger unchanged.
+        for member in fleet[2:]:
+            assert state(member) == before[member["host"]]
+            assert state(member)[2] is None
+            assert not (tmp_path / "backups" / member["host"]).exists()
+        # The fleet report says exactly this.
+        report = fleet_report(tmp_path)
+        by_name = entries(tmp_path)
+        assert by_name[fleet[0]["host"]]["status"] == "succeeded"
+        entry = by_name[bad["host"]]
+        assert entry["status"] == "rolled_back" and entry["wave"] == 2 and entry["run"]["id"] == run_id
+        assert entry["run"]["failed_phase"] == "validate"
+        assert entry["run"]["rollback"]["status"] == "succeeded" and entry["run"]["rollback"]["automatic"] is True
+        assert entry["run"]["rollback"]["revision_after"] == "v1_0_0"
+        assert [by_name[m["host"]]["status"] for m in fleet[2:]] == ["not_started"] * 4
+        assert {k: v for k, v in report["totals"].items() if v} == {"succeeded": 1, "rolled_back": 1,
+                                                                     "not_started": 4}
+        (stop,) = report["stopped"]
+        assert (stop["wave"], stop["failed"], stop["max_fail_percentage"]) == (2, [bad["host"]], 0)
+        assert stop["not_started"] == sorted(m["host"] for m in fleet[2:])
+        md = (tmp_path / "reports" / "fleet" / "2.0.0" / "fleet_report.md").read_text()
+        assert f"**The fleet stopped after wave 2**: 1 of 1 database(s) failed ({bad['host']})" in md
+        assert f"| {bad['host']} | 2 | rolled back (validate phase failed) | v1_0_0 -> v2_0_0 | 300 |" in md
+        assert "| rollback succeeded (automatic, restore; revision after: v1_0_0) |" in md
+        assert md.count("| not started |") == 4
+    finally:
+        for member in fleet:
+            member["server"].drop_database(member["db"])
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. AWX job slicing: each slice is its own job over part of the inventory; one fleet report
+# ---------------------------------------------------------------------------------------------
+def test_sliced_fleet_jobs_write_one_fleet_report(pg, pg2, tmp_path):
+    """The AWX fleet template slices its job; the slices run here one after another as AWX runs them (the
+    template's extra_vars, each slice limited to its hosts, round-robin as AWX deals them out)."""
+    assets = yaml.safe_load((ROOT / "awx" / "assets.yml").read_text())
+    template, = [t for t in assets["job_templates"] if t["playbook"] == "fleet.yml"]
+    slices = template["job_slice_count"]
+    assert slices >= 2 and template["ask_limit_on_launch"] is True
+    fixed = yaml.safe_load(template["extra_vars"])
+    fleet = make_fleet([pg, pg2], 4, "fleet_slice")
+    inventory = write_inventory(tmp_path, fleet)
+    try:
+        seen = []
+        for number in range(slices):
+            part = [m["host"] for m in fleet[number::slices]]
+            res = _run_playbook("fleet.yml", tmp_path, {**fixed, "version": "2.0.0"}, "--limit", ",".join(part),
+                                inventory=inventory, timeout=1800)
+            (tmp_path / f"slice-{number + 1}.log").write_text(res.output)
+            assert res.rc == 0, res.output[-4000:]
+            assert set(recap(res.output)) == set(part)  # the slice touched only its own databases
+            by_name = entries(tmp_path)
+            # The report holds this slice's databases and keeps the earlier slices' entries as they were.
+            assert all(seen_entry == by_name[name] for name, seen_entry in seen)
+            seen += [(name, by_name[name]) for name in part]
+            assert {by_name[name]["status"] for name in part} == {"succeeded"}
+        report = fleet_report(tmp_path)
+        assert {k: v for k, v in report["totals"].items() if v} == {"succeeded": 4} and report["stopped"] == []
+        assert len({e["invocation"] for e in report["databases"]}) == slices
+        md = (tmp_path / "reports" / "fleet" / "2.0.0" / "fleet_report.md").read_text()
+        prom = (tmp_path / "reports" / "fleet" / "2.0.0" / "fleet.prom").read_text()
+        for member in fleet:
+            rev, _, ledger = state(member)
+            entry = entries(tmp_path)[member["host"]]
+            assert rev == "v2_0_0" and entry["run"]["id"] == ledger[0][0] and ledger[0][2] == "succeeded"
+            assert f"| {member['host']} | " in md and f'database="{member["host"]}",status="succeeded"}} 1' in prom
+    finally:
+        for member in fleet:
+            member["server"].drop_database(member["db"])
