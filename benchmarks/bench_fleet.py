@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         c2, s2 = start_cluster(work / "pg2" / "pg", s1.password)
         clusters.append(c2)
         results = []
+        load_before = os.getloadavg()
         for forks in (1, forks_n):
             log(f"fleet.yml on {args.databases} databases with --forks {forks}")
             results.append(one_run([s1, s2], work, args.databases, args.predictions, forks))
@@ -92,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "fleet", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": "benchmarks/bench_fleet.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                        "note": "shared machine: other work was running during the measurement"},
+                        "note": "shared machine: other engineers' work may run at the same time",
+                        "loadavg_before": [round(x, 2) for x in load_before],
+                        "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
             "clusters": 2, "predictions_per_database": args.predictions, "serial": [1, "25%", "100%"],
             "runs": results,
             "ratio_forks1_over_forksN": round(results[0]["wall_s"] / results[1]["wall_s"], 2),
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
         print(f"{'forks':>6} {'wall_s':>8} {'waves':>12}")
         for r in results:
-            print(f"{r['forks']:>6} {r['wall_s']:>8} {str(r['wave_sizes']):>12}")
+            print(f"{r['forks']:>6} {r['wall_s']:>8} {r['wave_sizes']!s:>12}")
         print(f"forks 1 / forks {forks_n}: {out['ratio_forks1_over_forksN']}x   -> {args.out}")
     finally:
         for cluster in clusters:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 import subprocess
 import tempfile
 import time
@@ -238,6 +237,62 @@ def test_sliced_fleet_jobs_write_one_fleet_report(pg, pg2, tmp_path):
             entry = entries(tmp_path)[member["host"]]
             assert rev == "v2_0_0" and entry["run"]["id"] == ledger[0][0] and ledger[0][2] == "succeeded"
             assert f"| {member['host']} | " in md and f'database="{member["host"]}",status="succeeded"}} 1' in prom
+    finally:
+        for member in fleet:
+            member["server"].drop_database(member["db"])
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. kill -9 of the fleet in the canary's backfill: the next fleet run resumes it
+# ---------------------------------------------------------------------------------------------
+def test_an_interrupted_database_resumes_on_the_next_fleet_run(pg, pg2, tmp_path):
+    import signal
+
+    from backfill_helpers import wait_for_batches
+    from conftest import VENV_BIN, ansible_env, write_vars
+    from validate_helpers import query
+
+    fleet = make_fleet([pg, pg2], 2, "fleet_kill")
+    canary = fleet[0]
+    plan = copy.deepcopy(PLAN)  # test-only: a slow backfill for the canary, to be killed in the middle
+    plan["backfills"][0].update(batch_size=20, min_batch_size=20, max_batch_size=20, pause_ms=300)
+    plans = tmp_path / "slow-plans"
+    plans.mkdir()
+    (plans / "2.0.0.yml").write_text(yaml.safe_dump(plan, sort_keys=False))
+    inventory = write_inventory(tmp_path, fleet, {canary["host"]: {"pgmigrate_plan_dir": str(plans)}})
+    name = PLAN["backfills"][0]["name"]
+    try:
+        with (tmp_path / "killed.log").open("w") as out:
+            proc = subprocess.Popen([str(VENV_BIN / "ansible-playbook"), str(ROOT / "fleet.yml"), "-i", str(inventory),
+                                     "-e", "@" + str(write_vars(tmp_path, {"version": "2.0.0"}))],
+                                    cwd=ROOT, env=ansible_env(), stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            try:
+                wait_for_batches(canary["server"], canary["db"], name, 3, timeout=600)
+            finally:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        assert entries(tmp_path)[canary["host"]]["status"] == "running"
+        assert state(fleet[1])[2] is None  # the second database had not started
+        # While the orphaned backfill still works its run is live and refused; it stops by itself at a batch
+        # boundary, then the stale lock is broken as for migrate.yml and the canary resumes.
+        deadline = time.monotonic() + 300
+        while True:
+            res = _run_playbook("fleet.yml", tmp_path, {"version": "2.0.0", "break_lock": True},
+                                inventory=inventory, timeout=1800)
+            (tmp_path / f"rerun-{time.monotonic_ns()}.log").write_text(res.output)
+            if res.rc == 0 or "is still live" not in text(res) or time.monotonic() > deadline:
+                break
+        assert res.rc == 0, res.output[-4000:]
+        ledger = state(canary)[2]
+        assert [r[2] for r in ledger] == ["failed", "succeeded"] and "lock broken" in (ledger[0][4] or "")
+        resumed = ledger[1][3]["data"]["facts"]["rows_updated"]
+        assert 0 < resumed < 300  # the rows the killed run had committed were not done again
+        assert query(canary["server"], canary["db"], "SELECT count(*) FILTER (WHERE feature_importance IS NULL) "
+                                                     "FROM predictions")[0][0] == 0
+        by_name = entries(tmp_path)
+        assert by_name[canary["host"]]["status"] == "succeeded" and by_name[canary["host"]]["run"]["id"] == ledger[1][0]
+        assert by_name[fleet[1]["host"]]["status"] == "succeeded" and state(fleet[1])[0] == "v2_0_0"
     finally:
         for member in fleet:
             member["server"].drop_database(member["db"])
