@@ -296,3 +296,58 @@ def test_an_interrupted_database_resumes_on_the_next_fleet_run(pg, pg2, tmp_path
     finally:
         for member in fleet:
             member["server"].drop_database(member["db"])
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. A wave whose other databases succeed: they finish, and the threshold still stops the fleet
+# ---------------------------------------------------------------------------------------------
+def test_a_wave_past_the_threshold_finishes_its_healthy_databases_then_stops(pg, pg2, tmp_path):
+    """Waves [1], [2], [2]: the second wave's first database fails, its second one migrates to the end (never
+    sent down the failure path), and with max_fail_percentage 0 the third wave never starts."""
+    fleet = make_fleet([pg, pg2], 5, "fleet_half")
+    bad, good = fleet[1], fleet[2]
+    inventory = write_inventory(tmp_path, fleet, {bad["host"]: {"pgmigrate_plan_dir": str(failing_plan_dir(tmp_path))}})
+    try:
+        before = {m["host"]: state(m) for m in fleet}
+        res = _run_playbook("fleet.yml", tmp_path, {"version": "2.0.0", "pgmigrate_fleet_serial": "1,2,100%",
+                                                    "pgmigrate_fleet_max_fail_percentage": 0},
+                            inventory=inventory, timeout=1800)
+        (tmp_path / "fleet.log").write_text(res.output)
+        out = text(res)
+        assert res.rc != 0, out[-4000:]
+        assert f"The fleet stops after wave 2: 1 of its 2 database(s) failed ({bad['host']})" in out
+        counts = recap(res.output)
+        assert set(counts) == {m["host"] for m in fleet[:3]}  # the third wave never started
+        assert counts[bad["host"]]["failed"] == 1 and counts[good["host"]]["failed"] == 0
+        assert state(bad)[:2] == before[bad["host"]][:2] and state(bad)[2][0][2] == "rolled_back"
+        rev, _, ledger = state(good)
+        assert rev == "v2_0_0" and [r[2] for r in ledger] == ["succeeded"]
+        assert "rollback" not in ledger[0][3]
+        for member in fleet[3:]:
+            assert state(member) == before[member["host"]]
+        by_name = entries(tmp_path)
+        assert [by_name[m["host"]]["status"] for m in fleet] == ["succeeded", "rolled_back", "succeeded",
+                                                                 "not_started", "not_started"]
+        (stop,) = fleet_report(tmp_path)["stopped"]
+        assert (stop["wave"], stop["wave_size"], stop["failed"]) == (2, 2, [bad["host"]])
+        assert stop["not_started"] == [m["host"] for m in fleet[3:]]
+    finally:
+        for member in fleet:
+            member["server"].drop_database(member["db"])
+
+
+def test_check_mode_changes_no_database_and_writes_no_report(pg, pg2, tmp_path):
+    fleet = make_fleet([pg, pg2], 2, "fleet_check")
+    inventory = write_inventory(tmp_path, fleet)
+    try:
+        before = [state(m) for m in fleet]
+        res = _run_playbook("fleet.yml", tmp_path, {"version": "2.0.0"}, "--check", inventory=inventory,
+                            timeout=1800)
+        (tmp_path / "check.log").write_text(res.output)
+        assert res.rc == 0, res.output[-4000:]
+        assert "Fleet report: not written (check mode)" in text(res)
+        assert [state(m) for m in fleet] == before
+        assert not (tmp_path / "reports").exists() and not (tmp_path / "backups").exists()
+    finally:
+        for member in fleet:
+            member["server"].drop_database(member["db"])
