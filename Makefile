@@ -74,3 +74,7 @@ bench-backup:  ## Backup benchmark (1M predictions: pg_backup + pg_backup_verify
 .PHONY: bench-switch
 bench-switch:  ## Blue-green switch benchmark (switch time, p50/p99 through nginx before/during/after) -> benchmarks/results/switch_latest.json
 	$(BIN)/python benchmarks/bench_switch.py $(BENCH_ARGS)
+
+.PHONY: bench-fleet
+bench-fleet:  ## Fleet benchmark (6 databases on 2 clusters: fleet.yml wall time, forks 1 vs forks N) -> benchmarks/results/fleet_latest.json
+	$(BIN)/python benchmarks/bench_fleet.py $(BENCH_ARGS)
