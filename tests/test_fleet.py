@@ -17,6 +17,8 @@ import yaml
 from conftest import ROOT, PgServer
 from conftest import run_playbook as _run_playbook
 from fleet_helpers import fleet_report, make_fleet, recap, write_inventory
+from test_monitoring import dashboard_names
+from test_report_flow import parse_prom
 from test_rollback import FAILING_CHECK, checksums, revision, runs
 
 PLAN = yaml.safe_load((ROOT / "migrations" / "2.0.0.yml").read_text())
@@ -110,6 +112,10 @@ def test_the_fleet_migrates_canary_first_then_in_waves(migrated_fleet):
                 f'status="succeeded"}} 1') in prom
         assert f'pgmigrate_fleet_database_rows_backfilled{{version="2.0.0",environment="test",' \
                f'database="{member["host"]}"}} 300' in prom
+    # The dashboard's fleet panels read names this file carries, one series per database.
+    written = {name for name, _ in parse_prom(prom)}
+    fleet_names = {n for n in dashboard_names() if n.startswith("pgmigrate_fleet_")}
+    assert fleet_names and fleet_names <= written, sorted(fleet_names - written)
 
 
 def query_lock(member) -> int:
