@@ -1,17 +1,23 @@
 """migrate.yml end to end on the reference database: real ansible-playbook, real PostgreSQL."""
 from __future__ import annotations
 
+import datetime
 import hashlib
+import json
+import re
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
+import yaml
 from conftest import ROOT, VENV_BIN, ansible_env, run_playbook, write_vars
 from deploy_helpers import build_releases, new_stack
 from psycopg2 import sql
 from traffic import Traffic
 from validate_helpers import database_state, query
+
+PLAN = yaml.safe_load((ROOT / "migrations" / "2.0.0.yml").read_text())
 
 
 def flow_vars(pg, db: str, tmp_path: Path, **extra) -> dict:
@@ -253,3 +259,110 @@ def test_the_plan_is_not_echoed_under_verbose(pg, reference_db, tmp_path):
     assert res.rc == 0, res.output[-3000:]
     assert "Run #" in res.output and "holds the migration lock" in res.output
     assert marker not in res.output
+
+
+
+def data_only_plan(plans: Path) -> None:
+    """A plan that changes data only (2.0.0 -> 2.0.1 on a database already at v2_0_0): schema.tool none, the
+    reference backfill slowed to fixed batches of 100 with a 250 ms pause (about 8 s of work, several progress
+    polls), one check; no release, rollback, downtime or contacts section."""
+    backfill = {**PLAN["backfills"][0], "batch_size": 100, "min_batch_size": 100, "max_batch_size": 100,
+                "pause_ms": 250}
+    plan = {"plan_format": 1, "version": "2.0.1", "from_version": "2.0.0", "type": "data",
+            "title": "Backfill the accuracy columns", "schema": {"tool": "none"}, "backfills": [backfill],
+            "validation": {"checks": [c for c in PLAN["validation"]["checks"]
+                                      if c["name"] == "feature_importance_filled"]}}
+    plans.mkdir(exist_ok=True)
+    (plans / "2.0.1.yml").write_text(yaml.safe_dump(plan, sort_keys=False))
+
+
+# A progress line of the data phase: event, rows done, rows expected, percent, rate, then the ETA (or the time taken).
+PROGRESS_LINE = re.compile(r"\(item=(\w+): ([\d,]+) of ~([\d,]+) rows \(([\d.]+) %\), ([\d,]+) rows/s, "
+                           r"(ETA [\d.]+ s|in [\d.]+ s|ETA once the first batch has committed),")
+
+
+def public_schema(pg, db: str) -> list:
+    return query(pg, db, "SELECT table_name, column_name, data_type, is_nullable FROM information_schema.columns "
+                         "WHERE table_schema = 'public' ORDER BY 1, 2") + \
+        query(pg, db, "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1") + \
+        query(pg, db, "SELECT version_num FROM alembic_version")
+
+
+def test_data_only_plan_runs_the_whole_flow_and_shows_its_progress(pg, v2_db, tmp_path):
+    """migrate.yml with a plan that asks only for what it uses (issue #14, item 5) changes the data and
+    nothing else, records the schema and deploy phases skipped; and the operator can follow it (item 6):
+    a progress line every few seconds of work, the final line and the summary once each, the outcome last."""
+    plans = tmp_path / "plans"
+    data_only_plan(plans)
+    schema_before = public_schema(pg, v2_db)
+    poll_s = 1
+    res = run_playbook("migrate.yml", tmp_path, flow_vars(pg, v2_db, tmp_path, version="2.0.1",
+                                                          pgmigrate_plan_dir=str(plans),
+                                                          data_migrate_poll_interval=poll_s))
+    assert res.rc == 0, res.output[-4000:]
+
+    # The backfill ran, the schema did not move; deploy and schema are skipped, nothing failed or rolled back.
+    assert public_schema(pg, v2_db) == schema_before
+    assert query(pg, v2_db, "SELECT count(*), count(feature_importance), "
+                            "count(*) FILTER (WHERE actual_result IS NOT NULL AND model_accuracy IS NULL) "
+                            "FROM predictions") == [(3000, 3000, 0)]
+    (status, from_rev, to_rev, backup_path, verified, phases), = query(
+        pg, v2_db, "SELECT status, from_revision, to_revision, backup_path, backup_verified, phases "
+                   "FROM migration_ops.runs")
+    assert (status, from_rev, to_rev, verified) == ("succeeded", None, None, True)
+    assert {name: info["status"] for name, info in phases.items()} == {
+        "plan": "succeeded", "backup": "succeeded", "schema": "skipped", "data": "succeeded", "deploy": "skipped",
+        "validate": "succeeded", "report": "succeeded"}
+    assert "schema.tool is none" in phases["schema"]["facts"]["reason"]
+    filled = phases["data"]["facts"]["backfills"][0]
+    assert filled["rows_updated"] == 3000 and filled["checkpoint"] == "done"
+
+    out = " ".join(res.output.split())  # the YAML callback folds long lines
+    assert "Rehearsal (plan) on the restored copy" in out and "schema not changed by the plan" in out
+    assert "Backup verified: " in out and "counts and checksums equal the manifest" in out
+
+    # Every progress line carries rows, percent, rate and ETA; one at least every few seconds of work, judged by
+    # the progress log's own timestamps of the lines shown (not by the test's clock).
+    follow = out.split("TASK [data_migrate : Follow backfill predictions_accuracy]", 1)[1].split("TASK [", 1)[0]
+    shown = PROGRESS_LINE.findall(follow)
+    assert len(shown) == follow.count("(item="), follow
+    assert [s[0] for s in shown][-1] == "done" and [s[0] for s in shown].count("done") == 1
+    assert sum(s[0] == "batch" for s in shown) >= 2, shown
+    log = [json.loads(x) for x in (tmp_path / "state" / "logs" / "backfill-predictions_accuracy.jsonl")
+           .read_text().splitlines()]
+    log = [x for x in log if x["run_id"] == 1]
+    work_s = log[-1]["elapsed_s"]
+    most_s = 3 * poll_s + 3  # a poll, the async_status round trip on a loaded machine, a progress line's age
+    assert work_s > most_s, "the backfill is too short to show whether lines come every few seconds"
+    seen_at = []
+    for event, done, total, percent, rate, eta in shown:
+        if event == "starting":
+            continue
+        line = next(x for x in log if x["event"] == event and x["rows_done"] == int(done.replace(",", "")))
+        assert (int(total.replace(",", "")), float(percent), int(rate.replace(",", ""))) == (
+            line["rows_total"], round(line["progress"] * 100, 1), int(line["rate"]))
+        assert eta == (f"in {line['elapsed_s']} s" if event == "done" else f"ETA {line['eta_s']} s"
+                       if line["eta_s"] is not None else "ETA once the first batch has committed")
+        seen_at.append(datetime.datetime.fromisoformat(line["ts"]))
+    gaps = [(b - a).total_seconds() for a, b in zip(seen_at, seen_at[1:])]
+    first = datetime.datetime.fromisoformat(log[0]["ts"])
+    assert (seen_at[0] - first).total_seconds() <= most_s and max(gaps) <= most_s, (gaps, work_s)
+
+    # The final progress line and the summary with the measured rate, once each.
+    assert out.count("done: 3,000 of ~3,000 rows (100.0 %)") == 1 and "ETA ? s" not in out
+    summary = re.findall(r"backfill predictions_accuracy finished: 3000 row\(s\) updated, 3000 scanned in \d+ "
+                         r"batch\(es\), ([\d.]+) s \(([\d,]+) rows/s measured\)", out)
+    assert len(summary) == 1, summary
+    assert summary[0][1] == f"{round(3000 / float(summary[0][0]), 1):,.0f}"
+    assert float(summary[0][0]) == filled["duration_s"]
+
+    # The run's outcome is the last thing before the recap.
+    before_recap = res.stdout.split("PLAY RECAP", 1)[0]
+    last_task = " ".join(before_recap.rsplit("TASK [", 1)[1].split())
+    assert last_task.startswith("report : Say how the run ended]"), before_recap[-2000:]
+    report, = (tmp_path / "reports" / "2.0.1").glob("migration_report_*-run1.md")
+    assert re.search(r"'Migration 2\.0\.0 -> 2\.0\.1 \(run #1\): succeeded in [\d.]+ s'", last_task), last_task
+    for line in ("'Schema: not changed by this plan (live: v2_0_0)'",
+                 "'Data: 3,000 row(s) backfilled (predictions_accuracy)'",
+                 f"'Backup: proven by a restore {backup_path}'", f"'Report: {report}'"):
+        assert line in last_task, (line, last_task)
