@@ -6,6 +6,7 @@ import json
 import subprocess
 import uuid
 
+import yaml
 from conftest import ROOT, VENV_BIN, run_playbook
 from test_alembic_migrate import catalog, data_digest, query, revision
 
@@ -74,8 +75,16 @@ def test_schema_verification_reports_what_is_missing(pg, reference_db, tmp_path)
 
 
 def test_cycle_passes_on_the_reference_app_and_leaves_the_target_alone(pg, reference_db, tmp_path):
+    """A cycle-only plan: the schema section the cycle reads (a relative alembic_dir, the revision) and the plan's
+    header, no backup, backfills, validation, release, rollback, downtime or contacts."""
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    (plans / "2.0.0.yml").write_text(yaml.safe_dump({
+        "plan_format": 1, "version": "2.0.0", "from_version": "1.0.0", "type": "schema", "title": "Cycle test only",
+        "schema": {"tool": "alembic", "alembic_dir": "examples/football_prediction", "revision": "v2_0_0"}}))
     before = catalog(pg, reference_db)
-    res = run_playbook("playbooks/schema_cycle.yml", tmp_path, {**pg.conn_vars(reference_db), "version": "2.0.0"})
+    res = run_playbook("playbooks/schema_cycle.yml", tmp_path, {**pg.conn_vars(reference_db), "version": "2.0.0",
+                                                                "pgmigrate_plan_dir": str(plans)})
     assert res.rc == 0, res.output[-3000:]
     for line in ("1. upgrade +1: base -> v1_0_0 ok", "2. downgrade -1: v1_0_0 -> base ok",
                  "3. upgrade head: base -> v2_0_0 ok", "4. downgrade base: v2_0_0 -> base ok",
