@@ -193,6 +193,15 @@ def test_config_restore_gives_back_the_files_byte_for_byte(pg, app_db, releases,
     assert first.rc == 0, first.output[-3000:]
     os.chmod(config_dir / ".env", 0o600)  # an operator's change of mode is part of what comes back
     before = config_digest(config_dir)
+    # Check and diff mode: validated by the release, the rendered diff shown, nothing written, no backup taken.
+    preview = run_playbook(playbook, tmp_path, {**common, "config_settings": {"pool_size": 3}}, "--check", "--diff",
+                           inventory=ROOT / "tests" / "inventory.yml")
+    assert preview.rc == 0, preview.output[-3000:]
+    assert '-    "pool_size": 8,' in preview.output and '+    "pool_size": 3,' in preview.output, preview.output[-3000:]
+    assert "the previous files would first be backed up to " + str(config_dir) + ".backups/" in \
+        " ".join(preview.output.split())
+    assert pg.password not in preview.output
+    assert config_digest(config_dir) == before and not (tmp_path / "cfg.backups").exists()
     second = run_playbook(playbook, tmp_path, {**common, "config_settings": {"pool_size": 3}},
                           inventory=ROOT / "tests" / "inventory.yml")
     assert second.rc == 0, second.output[-3000:]
