@@ -8,6 +8,7 @@ import os
 import pytest
 from conftest import ROOT, alembic, run_playbook
 from deploy_helpers import build_release, config_digest, install_broken_release, install_release, new_stack
+from test_migrate_flow import flow_vars, snapshot
 from traffic import Traffic
 
 APP_PLAYBOOK = ROOT / "playbooks" / "app_release.yml"
@@ -46,6 +47,36 @@ def deploy(stack, pg, db, tmp_path, version, revision, *args, **extra):
 def recap_changed(output: str) -> int:
     line = [x for x in output.splitlines() if "changed=" in x and "ok=" in x][-1]
     return int(line.split("changed=")[1].split()[0])
+
+
+def deploy_state(stack, pg, db) -> dict:
+    """What a check-mode run must leave as it was: every file under the deploy state directory but the
+    logs (the live check's request through nginx is logged), the programs with their pids, the colour
+    nginx serves, and the database with its ledger."""
+    files = {path: digest for path, digest in config_digest(stack.deploy).items() if not path.startswith("logs/")}
+    return {"files": files, "programs": stack.programs(), "health": stack.health(), "db": snapshot(pg, db)}
+
+
+def test_check_mode_deploy_changes_nothing_and_says_what_it_would_do(pg, app_db, stack, tmp_path):
+    """deploy.yml and migrate.yml with --check --diff on a live 1.0.0 deployment targeting 2.0.0: rc 0,
+    nothing installed, started, stopped or switched, the ledger untouched, and the output says which
+    colour is live, which one would receive which release, and the configuration's diff (no secret)."""
+    first = deploy(stack, pg, app_db, tmp_path, "1.0.0", "v1_0_0")
+    assert first.rc == 0, first.output[-4000:]
+    before = deploy_state(stack, pg, app_db)
+    assert before["health"]["version"] == "1.0.0" and before["health"]["colour"] == "blue"
+    variables = {**flow_vars(pg, app_db, tmp_path), **stack.variables(pg, app_db)}
+    for playbook in ("playbooks/deploy.yml", "migrate.yml"):
+        res = run_playbook(playbook, tmp_path, variables, "--check", "--diff")
+        assert res.rc == 0, (playbook, res.output[-5000:])
+        assert deploy_state(stack, pg, app_db) == before, playbook
+        output = " ".join(res.output.split())
+        assert "Live through " + stack.url + ": blue (release 1.0.0, answered by blue)" in output, output[-5000:]
+        assert "Check mode: green would receive release 2.0.0" in output, output[-5000:]
+        assert "blue (1.0.0) would keep serving" in output, output[-5000:]
+        assert '+APP_RELEASE=2.0.0' in res.output and '+    "release": "2.0.0"' in res.output, res.output[-5000:]
+        assert pg.password not in res.output
+    assert not (stack.deploy / "colours" / "green").exists()
 
 
 def test_switch_under_traffic_has_zero_failed_requests(pg, app_db, stack, tmp_path):
@@ -162,6 +193,15 @@ def test_config_restore_gives_back_the_files_byte_for_byte(pg, app_db, releases,
     assert first.rc == 0, first.output[-3000:]
     os.chmod(config_dir / ".env", 0o600)  # an operator's change of mode is part of what comes back
     before = config_digest(config_dir)
+    # Check and diff mode: validated by the release, the rendered diff shown, nothing written, no backup taken.
+    preview = run_playbook(playbook, tmp_path, {**common, "config_settings": {"pool_size": 3}}, "--check", "--diff",
+                           inventory=ROOT / "tests" / "inventory.yml")
+    assert preview.rc == 0, preview.output[-3000:]
+    assert '-    "pool_size": 8,' in preview.output and '+    "pool_size": 3,' in preview.output, preview.output[-3000:]
+    assert "the previous files would first be backed up to " + str(config_dir) + ".backups/" in \
+        " ".join(preview.output.split())
+    assert pg.password not in preview.output
+    assert config_digest(config_dir) == before and not (tmp_path / "cfg.backups").exists()
     second = run_playbook(playbook, tmp_path, {**common, "config_settings": {"pool_size": 3}},
                           inventory=ROOT / "tests" / "inventory.yml")
     assert second.rc == 0, second.output[-3000:]
