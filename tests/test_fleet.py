@@ -104,6 +104,9 @@ def test_the_fleet_migrates_canary_first_then_in_waves(migrated_fleet):
         md = sorted((base / "reports" / member["host"] / "2.0.0").glob("migration_report_*.md"))
         assert len(md) == 1 and "Outcome: **succeeded**" in md[0].read_text()
         assert query_lock(member) == 0
+        # Its own run metrics, labelled with its inventory host (the two clusters reuse database names).
+        run_prom = parse_prom((base / "logs" / member["host"] / "metrics" / "pgmigrate_run.prom").read_text())
+        assert {dict(labels)["database"] for name, labels in run_prom} == {member["host"]}
     md = (base / "reports" / "fleet" / "2.0.0" / "fleet_report.md").read_text()
     assert md.count("| succeeded |") == 6 and "v1_0_0 -> v2_0_0" in md
     prom = (base / "reports" / "fleet" / "2.0.0" / "fleet.prom").read_text()
