@@ -1,6 +1,7 @@
 # Copyright: (c) 2026, pgmigrate-ops contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Filters of fleet.yml: the waves Ansible's ``serial`` makes of the fleet's databases."""
+"""Filters of fleet.yml: the waves Ansible's ``serial`` makes of the fleet's databases, and what two of them
+share by mistake."""
 from __future__ import annotations
 
 
@@ -38,6 +39,15 @@ def fleet_waves(hosts: list, serial) -> list[list]:
     return waves
 
 
+def fleet_shared(values: dict) -> list[dict]:
+    """{host: value} -> [{value, hosts}] for each value that more than one host holds, in host order."""
+    holders: dict[str, list] = {}
+    for host, value in values.items():
+        holders.setdefault(str(value), []).append(host)
+    return [{"value": value, "hosts": hosts} for value, hosts in holders.items() if len(hosts) > 1]
+
+
 class FilterModule:
     def filters(self) -> dict:
-        return {"pgmigrate_fleet_serial": fleet_serial, "pgmigrate_fleet_waves": fleet_waves}
+        return {"pgmigrate_fleet_serial": fleet_serial, "pgmigrate_fleet_waves": fleet_waves,
+                "pgmigrate_fleet_shared": fleet_shared}

@@ -20,6 +20,8 @@ description:
     fleet summary C(fleet_report.json), C(fleet_report.md) and the fleet metrics O(metrics_file) (label
     C(database)), under a lock, so that the databases of one run, the slices of an AWX sliced job and reruns
     write one report.
+  - O(state=application) records, without touching a database, how the fleet's shared application hosts (group
+    C(pgmigrate_app)) ended (O(application)) in C(<fleet_dir>/application.json) and renders the fleet report again.
 version_added: "1.0.0"
 author: pgmigrate-ops contributors
 extends_documentation_fragment:
@@ -32,14 +34,16 @@ attributes:
     support: none
 options:
   state:
-    description: V(status) reads where the database stands; V(recorded) writes its entry and the fleet report.
+    description:
+      - V(status) reads where the database stands; V(recorded) writes its entry and the fleet report; V(application)
+        writes how the application hosts ended.
     type: str
-    choices: [status, recorded]
+    choices: [status, recorded, application]
     default: status
   name:
-    description: Name of the database in the fleet (the inventory host), unique in the fleet.
+    description: Name of the database in the fleet (the inventory host), unique in the fleet. Required unless
+      O(state=application).
     type: str
-    required: true
   version:
     description: Version the fleet migrates to.
     type: str
@@ -75,6 +79,11 @@ options:
       - Identifies this fleet run (one C(ansible-playbook) process). Defaults to the control host, the process id and
         the start time of the C(ansible-playbook) process above the module.
     type: str
+  application:
+    description:
+      - O(state=application) - C(status) (V(skipped), V(deployed) or V(failed)), C(hosts) (the application hosts),
+        C(deployed) (the hosts deployed by this task; a fleet run's earlier ones are kept) and C(reason).
+    type: dict
   max_fail_percentage:
     description: Share of a wave's databases that may fail before the fleet stops (as C(fleet.yml) applies it).
     type: int
@@ -134,12 +143,16 @@ files:
   description: Paths of C(fleet_report.json), C(fleet_report.md) and the metrics file.
   returned: when O(state=recorded) and not in check mode
   type: dict
+application:
+  description: The application record written (O(state=application)).
+  returned: when O(state=application) and not in check mode
+  type: dict
 '''
 
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pgmigrate_fleet import record, run_figures, utc_now
+from ansible.module_utils.pgmigrate_fleet import record, record_application, run_figures, utc_now
 
 from ansible.module_utils.pgmigrate import (
     alembic_revision,
@@ -195,11 +208,28 @@ def default_invocation() -> str:
     return f"{hostname()}:{pid}:{process_start(pid) if pid else '-'}"
 
 
+def record_app(module) -> None:
+    p = module.params
+    app = p["application"]
+    if app.get("status") not in ("skipped", "deployed", "failed"):
+        module.fail_json(msg=f"application.status is {app.get('status')!r}: it must be skipped, deployed or failed")
+    if module.check_mode:
+        module.exit_json(changed=False)
+    try:
+        written = record_application(p["fleet_dir"], app, p["invocation"] or default_invocation(), p["version"],
+                                     p["max_fail_percentage"],
+                                     p["metrics_file"] or os.path.join(p["fleet_dir"], "fleet.prom"), p["environment"])
+    except OSError as exc:
+        module.fail_json(msg=f"cannot write the fleet report in {p['fleet_dir']}: {exc}; check "
+                             "pgmigrate_fleet_report_dir and its permissions")
+    module.exit_json(changed=True, **written)
+
+
 def main() -> None:
     argument_spec = connection_argument_spec()
     argument_spec.update(
-        state=dict(type="str", default="status", choices=["status", "recorded"]),
-        name=dict(type="str", required=True),
+        state=dict(type="str", default="status", choices=["status", "recorded", "application"]),
+        name=dict(type="str"),
         version=dict(type="str", required=True),
         event=dict(type="str", default="finished", choices=["started", "finished", "skipped"]),
         run_id=dict(type="int"),
@@ -211,13 +241,17 @@ def main() -> None:
         max_fail_percentage=dict(type="int", default=0),
         metrics_file=dict(type="path"),
         environment=dict(type="str", default="default"),
+        application=dict(type="dict"),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
-                           required_if=[("state", "recorded", ("fleet_dir",))])
+                           required_if=[("state", "recorded", ("fleet_dir", "name")), ("state", "status", ("name",)),
+                                        ("state", "application", ("fleet_dir", "application"))])
     p = module.params
     if not 0 <= p["max_fail_percentage"] <= 100:
         module.fail_json(msg=f"max_fail_percentage is {p['max_fail_percentage']}: it must be between 0 and 100 "
                              "(pgmigrate_fleet_max_fail_percentage)")
+    if p["state"] == "application":
+        record_app(module)
     stands = where_it_stands(module)
     if p["state"] == "status":
         module.exit_json(changed=False, **stands)

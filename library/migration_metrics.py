@@ -14,9 +14,11 @@ description:
   - "Metrics: C(pgmigrate_run_info), C(pgmigrate_run_status) (0 running, 1 succeeded, 2 failed, 3 rolled back,
     4 rollback failed), C(pgmigrate_run_failed), C(pgmigrate_run_errors_total), C(pgmigrate_run_current_phase),
     C(pgmigrate_phase_duration_seconds), C(pgmigrate_run_started_timestamp_seconds),
-    C(pgmigrate_run_last_update_timestamp_seconds) and, given O(validation), C(pgmigrate_validation_checks)."
-  - With O(pushgateway_url), also pushes them to that Pushgateway. A Pushgateway that does not answer is a warning,
-    never a failure.
+    C(pgmigrate_run_last_update_timestamp_seconds) and, given O(validation), C(pgmigrate_validation_checks); labels
+    C(version), C(environment) and C(database) (O(database_label))."
+  - With O(pushgateway_url), also pushes them to that Pushgateway, in the group C(job=<pushgateway_job>),
+    C(database=<database_label>), so that the databases of a fleet never replace each other's metrics. A Pushgateway
+    that does not answer is a warning, never a failure.
 version_added: "1.0.0"
 author: pgmigrate-ops contributors
 extends_documentation_fragment:
@@ -46,6 +48,12 @@ options:
     description: Value of the C(environment) label (the inventory's environment).
     type: str
     default: default
+  database_label:
+    description:
+      - Value of the C(database) label and of the Pushgateway group's C(database) key, unique per database of a fleet
+        (the report role passes the inventory host, the name the fleet report uses).
+      - Unset means C(<login_host>:<login_port>/<login_db>), which tells apart databases of one name on two clusters.
+    type: str
   validation:
     description: The validation result (M(pg_validate)'s return); adds C(pgmigrate_validation_checks).
     type: dict
@@ -57,7 +65,7 @@ options:
     description: Base URL of a Prometheus Pushgateway. Unset or empty means no push.
     type: str
   pushgateway_job:
-    description: Job name of the pushed group (the instance is the database name).
+    description: Job name of the pushed group (its other key is C(database), O(database_label)).
     type: str
     default: pgmigrate
   timeout:
@@ -73,6 +81,7 @@ EXAMPLES = r'''
     status: succeeded
     phase: report
     environment: "{{ pgmigrate_environment }}"
+    database_label: "{{ inventory_hostname }}"
     metrics_file: "{{ pgmigrate_log_dir }}/metrics/pgmigrate_run.prom"
     pushgateway_url: "{{ report_pushgateway_url }}"
 '''
@@ -94,6 +103,10 @@ run:
   description: The run's status, phase and phase durations as published.
   returned: always
   type: dict
+database:
+  description: Value of the C(database) label (and Pushgateway group key) published.
+  returned: always
+  type: str
 '''
 
 import os
@@ -143,6 +156,14 @@ def ledger_run(module, run_id: int | None) -> tuple[dict, str | None]:
     return run, None
 
 
+def database_id(params: dict) -> str:
+    """<host>:<port>/<database> of the connection (libpq's environment where an option is unset)."""
+    host = params.get("login_host") or os.environ.get("PGHOST") or "localhost"
+    port = params.get("login_port") or os.environ.get("PGPORT") or 5432
+    name = params.get("login_db") or os.environ.get("PGDATABASE") or "postgres"
+    return f"{host}:{port}/{name}"
+
+
 def main() -> None:
     argument_spec = connection_argument_spec()
     argument_spec.update(
@@ -152,6 +173,7 @@ def main() -> None:
                     choices=["running", "succeeded", "failed", "rolled_back", "rollback_failed"]),
         phase=dict(type="str"),
         environment=dict(type="str", default="default"),
+        database_label=dict(type="str"),
         validation=dict(type="dict"),
         metrics_file=dict(type="path", required=True),
         pushgateway_url=dict(type="str"),
@@ -167,12 +189,13 @@ def main() -> None:
         run = {"id": p["run_id"], "version": p["version"], "phases": {}}
     if p["version"] and not run.get("version"):
         run["version"] = p["version"]
+    database = p["database_label"] or database_id(p)
     try:
-        metrics = run_metrics(run, p["status"], p["phase"], p["environment"], time.time(), p["validation"])
+        metrics = run_metrics(run, p["status"], p["phase"], p["environment"], time.time(), p["validation"], database)
         text = render(metrics)
     except ValueError as exc:
         module.fail_json(msg=f"cannot render the metrics: {exc}")
-    result = {"changed": True, "metrics_file": p["metrics_file"], "text": text, "pushed": None,
+    result = {"changed": True, "metrics_file": p["metrics_file"], "text": text, "pushed": None, "database": database,
               "run": {"id": run.get("id"), "status": p["status"], "phase": p["phase"],
                       "phases": {k: v.get("duration_s") for k, v in run["phases"].items() if isinstance(v, dict)}}}
     if module.check_mode:
@@ -183,7 +206,7 @@ def main() -> None:
         module.fail_json(msg=f"cannot write {p['metrics_file']}: {exc}; check pgmigrate_log_dir (or "
                              "report_metrics_file) and its permissions")
     if p["pushgateway_url"]:
-        grouping = {"instance": p.get("login_db") or os.environ.get("PGDATABASE") or "default"}
+        grouping = {"database": database}
         error = push_to_gateway(p["pushgateway_url"], p["pushgateway_job"], grouping, text, p["timeout"])
         result["pushed"] = error is None
         if error:

@@ -106,8 +106,9 @@ def summarise(entries: dict[str, dict], version: str, max_fail_percentage: int) 
     for e in databases:
         totals[e["status"]] = totals.get(e["status"], 0) + 1
     # A wave stops the fleet when more of its databases failed than the threshold allows; the databases of
-    # the later waves of the same run are then not started.
-    stopped = []
+    # the later waves of the same run are then not started.  A wave whose failures stay within the threshold
+    # lets the fleet go on ("continued").
+    stopped, continued = [], []
     waves: dict[tuple, list[dict]] = {}
     for e in databases:
         waves.setdefault((e.get("invocation"), e.get("wave")), []).append(e)
@@ -120,8 +121,11 @@ def summarise(entries: dict[str, dict], version: str, max_fail_percentage: int) 
         if failed and later and len(failed) * 100.0 / size > limit:
             stopped.append({"invocation": invocation, "wave": wave, "wave_size": size, "failed": failed,
                             "max_fail_percentage": limit, "not_started": later})
+        elif failed and len(failed) * 100.0 / size <= limit:
+            continued.append({"invocation": invocation, "wave": wave, "wave_size": size, "failed": failed,
+                              "max_fail_percentage": limit})
     return {"version": version, "generated_at": utc_now(), "databases": databases, "totals": totals,
-            "stopped": stopped, "max_fail_percentage": max_fail_percentage}
+            "stopped": stopped, "continued": continued, "max_fail_percentage": max_fail_percentage}
 
 
 def _fmt(value, unit: str = "") -> str:
@@ -158,6 +162,16 @@ def markdown(summary: dict) -> str:
         lines += [f"**The fleet stopped after wave {stop['wave']}**: {len(stop['failed'])} of {stop['wave_size']} "
                   f"database(s) failed ({', '.join(stop['failed'])}), more than pgmigrate_fleet_max_fail_percentage="
                   f"{stop['max_fail_percentage']}%; not started: {', '.join(stop['not_started'])}.", ""]
+    for went_on in summary.get("continued", []):
+        lines += [f"Wave {went_on['wave']}: {len(went_on['failed'])} of {went_on['wave_size']} database(s) failed "
+                  f"({', '.join(went_on['failed'])}), within pgmigrate_fleet_max_fail_percentage="
+                  f"{went_on['max_fail_percentage']}%: the fleet went on.", ""]
+    app = summary.get("application")
+    if app:
+        hosts = ", ".join(app.get("hosts") or []) or "none"
+        lines += [f"Application hosts (pgmigrate_app: {hosts}): **{app['status']}**"
+                  + (f": {app['reason']}" if app.get("reason") else "")
+                  + (f" (deployed: {', '.join(app['deployed'])})" if app.get("deployed") else "") + ".", ""]
     lines += ["| database | wave | status | revision from -> to | rows backfilled | duration | backup | rollback |",
               "|---|---|---|---|---|---|---|---|"]
     for e in summary["databases"]:
@@ -231,10 +245,48 @@ def record(fleet_dir: str, entry: dict, fleet: list[str], invocation: str, waves
                                "run": None, "previous": old}
                 entries[name] = placeholder
                 _write_json(os.path.join(fleet_dir, "databases", safe_name(name) + ".json"), placeholder)
-        summary = summarise(entries, version, max_fail_percentage)
-        files = {"json": os.path.join(fleet_dir, "fleet_report.json"),
-                 "md": os.path.join(fleet_dir, "fleet_report.md"), "metrics": metrics_file}
-        _write_json(files["json"], summary)
-        _write_text(files["md"], markdown(summary))
-        write_textfile(metrics_file, metrics(summary, environment))
+        return render(fleet_dir, entries, version, max_fail_percentage, metrics_file, environment)
+
+
+def render(fleet_dir: str, entries: dict[str, dict], version: str, max_fail_percentage: int, metrics_file: str,
+           environment: str) -> dict:
+    """Write the summary, its Markdown and the metrics (the caller holds the fleet lock)."""
+    summary = summarise(entries, version, max_fail_percentage)
+    summary["application"] = read_application(fleet_dir)
+    files = {"json": os.path.join(fleet_dir, "fleet_report.json"),
+             "md": os.path.join(fleet_dir, "fleet_report.md"), "metrics": metrics_file}
+    _write_json(files["json"], summary)
+    _write_text(files["md"], markdown(summary))
+    write_textfile(metrics_file, metrics(summary, environment))
     return {"summary": summary, "files": files}
+
+
+def read_application(fleet_dir: str) -> dict | None:
+    try:
+        with open(os.path.join(fleet_dir, "application.json"), encoding="utf-8") as fh:
+            app = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return app if isinstance(app, dict) else None
+
+
+def record_application(fleet_dir: str, app: dict, invocation: str, version: str, max_fail_percentage: int,
+                       metrics_file: str, environment: str) -> dict:
+    """Write how the application hosts (pgmigrate_app) of this fleet run ended: skipped (with the reason),
+    deployed (the hosts deployed so far, one at a time, are merged) or failed; then render the report."""
+    os.makedirs(fleet_dir, exist_ok=True)
+    with open(os.path.join(fleet_dir, ".fleet.lock"), "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        previous = read_application(fleet_dir) or {}
+        deployed = list(app.get("deployed") or [])
+        if previous.get("invocation") == invocation:
+            deployed = [h for h in previous.get("deployed") or [] if h not in deployed] + deployed
+        hosts = list(app.get("hosts") or [])
+        status = app["status"]
+        if status == "deployed" and set(deployed) != set(hosts):
+            status = "deploying"
+        record_ = {"invocation": invocation, "status": status, "hosts": hosts, "deployed": deployed,
+                   "reason": app.get("reason"), "updated_at": utc_now()}
+        _write_json(os.path.join(fleet_dir, "application.json"), record_)
+        written = render(fleet_dir, read_entries(fleet_dir), version, max_fail_percentage, metrics_file, environment)
+    return {"application": record_, **written}

@@ -8,6 +8,7 @@ No third-party library: modules must run with only Ansible and psycopg2.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -25,10 +26,11 @@ RUNBOOK_PHASES = ("plan", "backup", "schema", "data", "deploy", "validate", "rep
 # Run-level metrics (pgmigrate_run.prom) and the Pushgateway
 # ---------------------------------------------------------------------------------
 def run_metrics(run: dict, status: str, phase: str | None, environment: str, now: float,
-                validation: dict | None = None) -> list[dict]:
-    """The run-level metric families, in pgmigrate_metrics.render() form."""
+                validation: dict | None = None, database: str = "") -> list[dict]:
+    """The run-level metric families, in pgmigrate_metrics.render() form.  ``database`` (one per database of a
+    fleet) keeps the series of several databases apart in one Prometheus."""
     version = run.get("version") or "unknown"
-    base = {"version": version, "environment": environment}
+    base = {"version": version, "environment": environment, "database": database}
     phases = run.get("phases") or {}
     failed_phases = [name for name, info in phases.items() if isinstance(info, dict) and info.get("status") == "failed"]
     errors = len(failed_phases) + (1 if status in ("failed", "rollback_failed") and not failed_phases else 0)
@@ -66,10 +68,16 @@ def run_metrics(run: dict, status: str, phase: str | None, environment: str, now
 
 
 def push_to_gateway(url: str, job: str, grouping: dict, text: str, timeout: float) -> str | None:
-    """PUT the metrics to a Pushgateway group; returns None when accepted, else the problem."""
+    """PUT the metrics to a Pushgateway group; returns None when accepted, else the problem.  A value with a
+    slash (host:port/db) goes base64-encoded, as the Pushgateway's URL scheme asks."""
     path = "/metrics/job/" + urllib.parse.quote(job, safe="")
-    for key, value in grouping.items():
-        path += f"/{urllib.parse.quote(key, safe='')}/{urllib.parse.quote(str(value), safe='') or '_'}"
+    for key, raw in grouping.items():
+        value = str(raw)
+        if "/" in value:
+            encoded = base64.urlsafe_b64encode(value.encode()).decode()
+            path += f"/{urllib.parse.quote(key, safe='')}@base64/{encoded}"
+        else:
+            path += f"/{urllib.parse.quote(key, safe='')}/{urllib.parse.quote(value, safe='') or '_'}"
     answer = http_request(url.rstrip("/") + path, method="PUT", data=text.encode(),
                           headers={"Content-Type": "text/plain; version=0.0.4"}, timeout=timeout)
     if answer.status == 0:

@@ -43,8 +43,10 @@ def make_fleet(servers: list[PgServer], count: int, prefix: str, predictions: in
     return fleet
 
 
-def write_inventory(base: Path, fleet: list[dict], host_vars: dict | None = None) -> Path:
-    """An inventory of the fleet: one pgmigrate_db host per database, its files under base/<kind>/<host>.
+def write_inventory(base: Path, fleet: list[dict], host_vars: dict | None = None, app_hosts: dict | None = None,
+                    name: str = "inventory.yml") -> Path:
+    """An inventory of the fleet: one pgmigrate_db host per database, its files under base/<kind>/<host>, and
+    the application hosts ``app_hosts`` (none by default).
     The passwords are in this 0600 file (test-only; real inventories use ansible-vault)."""
     hosts = {}
     for member in fleet:
@@ -55,7 +57,7 @@ def write_inventory(base: Path, fleet: list[dict], host_vars: dict | None = None
             **(host_vars or {}).get(member["host"], {})}
     per_host = "{{ inventory_hostname }}"
     inventory = {"all": {
-        "children": {"pgmigrate_db": {"hosts": hosts}, "pgmigrate_app": {"hosts": {}}},
+        "children": {"pgmigrate_db": {"hosts": hosts}, "pgmigrate_app": {"hosts": app_hosts or {}}},
         "vars": {
             "ansible_connection": "local", "ansible_python_interpreter": "{{ ansible_playbook_python }}",
             "pgmigrate_db_sslmode": "disable", "pgmigrate_environment": "test", "pgmigrate_app_url": "",
@@ -69,7 +71,7 @@ def write_inventory(base: Path, fleet: list[dict], host_vars: dict | None = None
             "data_migrate_poll_interval": 1, "rehearse": "none",
         }}}
     base.mkdir(parents=True, exist_ok=True)
-    path = base / "inventory.yml"
+    path = base / name
     path.write_text(yaml.safe_dump(inventory, sort_keys=False))
     path.chmod(0o600)
     return path

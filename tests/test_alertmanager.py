@@ -108,7 +108,8 @@ def test_failed_run_fires_migration_failure_in_alertmanager_and_its_webhook(pg, 
     alert = alerts[0]
     assert alert["labels"]["version"] == "2.0.0" and alert["labels"]["environment"] == "alerting-test"
     assert alert["labels"]["severity"] == "critical" and alert["status"]["state"] == "active"
-    assert "rollback.yml -e version=2.0.0" in alert["annotations"]["description"]
+    assert alert["labels"]["database"] == "football_db"  # the inventory host: one alert per database of a fleet
+    assert "rollback.yml -e version=2.0.0 --limit football_db" in alert["annotations"]["description"]
     end = time.monotonic() + 60
     while time.monotonic() < end and not alerting["hook"].posts:
         time.sleep(0.5)

@@ -104,8 +104,20 @@ def test_the_fleet_migrates_canary_first_then_in_waves(migrated_fleet):
         md = sorted((base / "reports" / member["host"] / "2.0.0").glob("migration_report_*.md"))
         assert len(md) == 1 and "Outcome: **succeeded**" in md[0].read_text()
         assert query_lock(member) == 0
+        # Its own run metrics, labelled with its inventory host (the two clusters reuse database names).
+        run_prom = parse_prom((base / "logs" / member["host"] / "metrics" / "pgmigrate_run.prom").read_text())
+        assert {dict(labels)["database"] for name, labels in run_prom} == {member["host"]}
     md = (base / "reports" / "fleet" / "2.0.0" / "fleet_report.md").read_text()
     assert md.count("| succeeded |") == 6 and "v1_0_0 -> v2_0_0" in md
+    # No application host in this inventory: the databases' own deploy phase is the fleet's (skipped with the
+    # reason), and the fleet's single deploy after the waves is skipped, which the report says.
+    for member in fleet:
+        deploy = state(member)[2][0][3]["deploy"]
+        assert deploy["status"] == "skipped" and "once, after every database" in deploy["facts"]["reason"]
+    assert report["application"]["status"] == "skipped" and report["application"]["hosts"] == []
+    assert "pgmigrate_app group is empty" in report["application"]["reason"]
+    assert "Application hosts (pgmigrate_app: none): **skipped**: the inventory has no application host" in md
+    assert "Application hosts (pgmigrate_app): not deployed: the inventory has no application host" in text(first)
     prom = (base / "reports" / "fleet" / "2.0.0" / "fleet.prom").read_text()
     for member in fleet:
         assert (f'pgmigrate_fleet_database_status{{version="2.0.0",environment="test",database="{member["host"]}",'
@@ -139,6 +151,40 @@ def test_a_second_fleet_run_changes_nothing(migrated_fleet):
         entry = by_name[member["host"]]
         assert entry["status"] == "already_at_target" and entry["run"]["id"] == ledger[0][0]
         assert entry["run"]["status"] == "succeeded"
+
+
+# ---------------------------------------------------------------------------------------------
+# 1b. The preflight refuses a fleet whose hosts share a database or a directory, with nothing changed
+# ---------------------------------------------------------------------------------------------
+def test_the_preflight_refuses_two_hosts_of_one_database_or_one_backup_dir(pg, pg2, tmp_path):
+    """Cheap: both runs stop in the canary's preflight, before any database is touched.  The colliding hosts are
+    later ones, not the canary: every host checks the whole fleet."""
+    fleet = make_fleet([pg, pg2], 3, "fleet_refuse")
+    last = fleet[2]
+    twin = {"host": "fleet_refuse_twin", "server": last["server"], "db": last["db"]}
+    try:
+        before = {m["host"]: state(m) for m in fleet}
+        cases = [
+            ("same-db.yml", write_inventory(tmp_path, fleet + [twin], name="same-db.yml"),
+             f"{last['host']} and {twin['host']} are the same database "
+             f"({last['server'].host}:{last['server'].port}:{last['db']})", "pgmigrate_db_name"),
+            ("shared-backups.yml", write_inventory(tmp_path, fleet, {m["host"]: {"pgmigrate_backup_dir": str(
+                tmp_path / "shared-backups")} for m in fleet[1:]}, name="shared-backups.yml"),
+             f"{fleet[1]['host']} and {fleet[2]['host']} share their backup directory {tmp_path / 'shared-backups'}",
+             "(pgmigrate_backup_dir)"),
+        ]
+        for name, inventory, refusal, variable in cases:
+            res = run_playbook("fleet.yml", tmp_path, inventory)
+            out = text(res)
+            assert res.rc != 0, (name, out[-4000:])
+            assert refusal in out and variable in out and "Nothing was changed." in out, (name, out[-4000:])
+            assert set(recap(res.output)) == {fleet[0]["host"]}  # the canary's wave only, failed in its preflight
+            assert {m["host"]: state(m) for m in fleet} == before  # no ledger, same revision and content
+        assert not (tmp_path / "reports").exists() and not (tmp_path / "backups").exists()
+        assert not (tmp_path / "shared-backups").exists()
+    finally:
+        for member in fleet:
+            member["server"].drop_database(member["db"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,6 +263,11 @@ def test_sliced_fleet_jobs_write_one_fleet_report(pg, pg2, tmp_path):
     slices = template["job_slice_count"]
     assert slices >= 2 and template["ask_limit_on_launch"] is True
     fixed = yaml.safe_load(template["extra_vars"])
+    # The slices run in separate execution containers: the template points the fleet report at the documented
+    # shared volume; here a directory all the slices share stands in for it.
+    assert fixed["pgmigrate_fleet_report_dir"] == "/var/lib/pgmigrate/shared/fleet-reports"
+    assert "`/var/lib/pgmigrate/shared/fleet-reports`" in (ROOT / "README.md").read_text()
+    fixed["pgmigrate_fleet_report_dir"] = str(tmp_path / "reports" / "fleet")
     fleet = make_fleet([pg, pg2], 4, "fleet_slice")
     inventory = write_inventory(tmp_path, fleet)
     try:
@@ -309,10 +360,13 @@ def test_an_interrupted_database_resumes_on_the_next_fleet_run(pg, pg2, tmp_path
 # ---------------------------------------------------------------------------------------------
 def test_a_wave_past_the_threshold_finishes_its_healthy_databases_then_stops(pg, pg2, tmp_path):
     """Waves [1], [2], [2]: the second wave's first database fails, its second one migrates to the end (never
-    sent down the failure path), and with max_fail_percentage 0 the third wave never starts."""
+    sent down the failure path), and with max_fail_percentage 0 the third wave never starts.  Rerun with
+    max_fail_percentage 50, the same failure is within the threshold: the fleet goes on.  The inventory has an
+    application host: never deployed, as the databases are never all at the target."""
     fleet = make_fleet([pg, pg2], 5, "fleet_half")
     bad, good = fleet[1], fleet[2]
-    inventory = write_inventory(tmp_path, fleet, {bad["host"]: {"pgmigrate_plan_dir": str(failing_plan_dir(tmp_path))}})
+    inventory = write_inventory(tmp_path, fleet, {bad["host"]: {"pgmigrate_plan_dir": str(failing_plan_dir(tmp_path))}},
+                                app_hosts={"fleet_half_app": {"pgmigrate_app_url": "http://127.0.0.1:9/"}})
     try:
         before = {m["host"]: state(m) for m in fleet}
         res = _run_playbook("fleet.yml", tmp_path, {"version": "2.0.0", "pgmigrate_fleet_serial": "1,2,100%",
@@ -323,6 +377,8 @@ def test_a_wave_past_the_threshold_finishes_its_healthy_databases_then_stops(pg,
         assert res.rc != 0, out[-4000:]
         assert f"The fleet stops after wave 2: 1 of its 2 database(s) failed ({bad['host']})" in out
         counts = recap(res.output)
+        app = counts.pop("fleet_half_app")  # it only found the databases behind: nothing changed, nothing failed
+        assert (app["changed"], app["failed"]) == (0, 0)
         assert set(counts) == {m["host"] for m in fleet[:3]}  # the third wave never started
         assert counts[bad["host"]]["failed"] == 1 and counts[good["host"]]["failed"] == 0
         assert state(bad)[:2] == before[bad["host"]][:2] and state(bad)[2][0][2] == "rolled_back"
@@ -337,6 +393,42 @@ def test_a_wave_past_the_threshold_finishes_its_healthy_databases_then_stops(pg,
         (stop,) = fleet_report(tmp_path)["stopped"]
         assert (stop["wave"], stop["wave_size"], stop["failed"]) == (2, 2, [bad["host"]])
         assert stop["not_started"] == [m["host"] for m in fleet[3:]]
+        behind = ", ".join([bad["host"]] + [m["host"] for m in fleet[3:]])
+        assert fleet_report(tmp_path)["application"] == {**fleet_report(tmp_path)["application"], "status": "skipped",
+                                                         "hosts": ["fleet_half_app"], "deployed": [],
+                                                         "reason": f"not every database is at the target ({behind})"}
+        assert "Application hosts (pgmigrate_app): not deployed: not every database is at the target" in out
+
+        # The rerun, 50 %: wave 2 is the failing database (rolled back again) and the one already at the target,
+        # 1 of 2 failed is within the threshold, so the third wave migrates.
+        res = _run_playbook("fleet.yml", tmp_path, {"version": "2.0.0", "pgmigrate_fleet_serial": "1,2,100%",
+                                                    "pgmigrate_fleet_max_fail_percentage": 50},
+                            inventory=inventory, timeout=1800)
+        (tmp_path / "fleet-50.log").write_text(res.output)
+        out = text(res)
+        assert res.rc != 0, out[-4000:]  # a database failed: the run says so, though the fleet went on
+        assert "The fleet stops after wave" not in out
+        counts = recap(res.output)
+        assert set(counts) == {m["host"] for m in fleet} | {"fleet_half_app"}
+        assert [h for h, c in counts.items() if c["failed"]] == [bad["host"]]
+        assert state(bad)[:2] == before[bad["host"]][:2] and [r[2] for r in state(bad)[2]][-2:] == [
+            "rolled_back", "succeeded"] and len(state(bad)[2]) == 4  # two runs, each with its rollback run
+        for member in fleet[3:]:
+            rev, _, ledger = state(member)
+            assert rev == "v2_0_0" and [r[2] for r in ledger] == ["succeeded"]
+        report = fleet_report(tmp_path)
+        by_name = {e["name"]: e for e in report["databases"]}
+        assert [by_name[m["host"]]["status"] for m in fleet] == ["already_at_target", "rolled_back",
+                                                                 "already_at_target", "succeeded", "succeeded"]
+        assert report["stopped"] == []
+        (went_on,) = report["continued"]
+        assert (went_on["wave"], went_on["wave_size"], went_on["failed"], went_on["max_fail_percentage"]) == (
+            2, 2, [bad["host"]], 50)
+        md = (tmp_path / "reports" / "fleet" / "2.0.0" / "fleet_report.md").read_text()
+        assert (f"Wave 2: 1 of 2 database(s) failed ({bad['host']}), within pgmigrate_fleet_max_fail_percentage=50%:"
+                " the fleet went on.") in md and "The fleet stopped" not in md
+        assert report["application"]["status"] == "skipped" and report["application"]["reason"] == (
+            f"not every database is at the target ({bad['host']})")
     finally:
         for member in fleet:
             member["server"].drop_database(member["db"])

@@ -68,20 +68,29 @@ def expr_metric_names(expr: str) -> set[str]:
     return set(re.findall(r"\bpgmigrate_[a-z_]+\b", expr))
 
 
-def dashboard_names() -> set[str]:
+def expr_label_names(expr: str) -> set[str]:
+    """The labels an expression selects on or groups by ({label=~...}, by (a, b)); __name__ is no label."""
+    grouped = {name.strip() for group in re.findall(r"\bby \(([^)]*)\)", expr) for name in group.split(",")}
+    return (grouped | set(re.findall(r"\b(\w+)\s*=~?\s*\"", expr))) - {"__name__", ""}
+
+
+def dashboard_exprs() -> list[str]:
     dash = json.loads((MONITORING / "grafana-dashboard.json").read_text())
-    names = set()
-    for panel in dash["panels"]:
-        for target in panel["targets"]:
-            names |= expr_metric_names(target["expr"])
-    for var in dash["templating"]["list"]:
-        names |= expr_metric_names(var.get("query", ""))
-    return names
+    return ([t["expr"] for panel in dash["panels"] for t in panel["targets"]]
+            + [var.get("query", "") for var in dash["templating"]["list"]])
+
+
+def alert_exprs() -> list[str]:
+    rules = yaml.safe_load((MONITORING / "alerts.yml").read_text())
+    return [r["expr"] for g in rules["groups"] for r in g["rules"]]
+
+
+def dashboard_names() -> set[str]:
+    return {n for expr in dashboard_exprs() for n in expr_metric_names(expr)}
 
 
 def alert_names() -> set[str]:
-    rules = yaml.safe_load((MONITORING / "alerts.yml").read_text())
-    return {n for g in rules["groups"] for r in g["rules"] for n in expr_metric_names(r["expr"])}
+    return {n for expr in alert_exprs() for n in expr_metric_names(expr)}
 
 
 def test_alert_rules_pass_promtool_and_their_unit_tests():
@@ -108,6 +117,15 @@ def test_metrics_files_parse_and_carry_every_name_the_dashboard_uses(pg, referen
     # The fleet panels' names come from fleet.yml's fleet.prom: tests/test_fleet.py checks those.
     missing = {n for n in dashboard_names() | alert_names() if not n.startswith("pgmigrate_fleet_")} - names
     assert not missing, f"the dashboard/alerts use metrics no code writes: {sorted(missing)}"
+    # ... and the labels they select on or group by, the database label of a fleet included.
+    labels_of: dict[str, set] = {}
+    for name, labels in written:
+        labels_of.setdefault(name, set()).update(key for key, _ in labels)
+    for expr in dashboard_exprs() + alert_exprs():
+        for name in expr_metric_names(expr) & set(labels_of):
+            assert expr_label_names(expr) <= labels_of[name], (expr, name, sorted(labels_of[name]))
+    run_labels = {dict(labels)["database"] for (n, labels), _ in written.items() if n.startswith("pgmigrate_run_")}
+    assert run_labels == {f"{pg.host}:{pg.port}/{reference_db}"}  # no label given: the database's own address
     rows = {dict(labels).get("backfill"): v for (n, labels), v in written.items()
             if n == "pgmigrate_backfill_rows_done"}
     assert rows[BACKFILL["name"]] == 3000
@@ -201,11 +219,18 @@ def test_pushgateway_push_and_an_unreachable_one_is_a_warning(pg, reference_db, 
                 break
             except OSError:
                 time.sleep(0.1)
+        # Two databases of one name on two clusters: two groups, keyed by the database label (one with a
+        # slash, the host:port/db default, goes base64-encoded in the URL), neither replaces the other.
         res = run_metrics(pg, reference_db, tmp_path, tmp_path / "m", pushgateway_url=url)
-        assert res["pushed"] is True
+        assert res["pushed"] is True and res["database"] == f"{pg.host}:{pg.port}/{reference_db}"
+        other = run_metrics(pg, reference_db, tmp_path, tmp_path / "m1", pushgateway_url=url,
+                            database_label="tenant_b")
+        assert other["pushed"] is True and 'database="tenant_b"' in other["text"]
         with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
             body = r.read().decode()
-        assert re.search(r'pgmigrate_run_failed\{[^}]*job="pgmigrate"[^}]*\} 1', body)
+        failed = parse_prom("\n".join(line for line in body.splitlines() if line.startswith("pgmigrate_run_failed{")))
+        assert {dict(labels)["database"] for (_, labels), value in failed.items()
+                if dict(labels)["job"] == "pgmigrate" and value == 1} == {res["database"], "tenant_b"}
     finally:
         proc.terminate()
         proc.wait(10)

@@ -94,8 +94,8 @@ def test_demo_migration_writes_the_report_with_real_numbers(pg, reference_db, tm
     assert "migration_ops" not in model
 
     metrics = parse_prom((tmp_path / "logs" / "metrics" / "pgmigrate_run.prom").read_text())
-    assert metrics[("pgmigrate_run_status", frozenset({("version", "2.0.0"), ("environment", "test")}))] == 1
-    assert metrics[("pgmigrate_run_failed", frozenset({("version", "2.0.0"), ("environment", "test")}))] == 0
+    labels = frozenset({("version", "2.0.0"), ("environment", "test"), ("database", "football_db")})
+    assert metrics[("pgmigrate_run_status", labels)] == 1 and metrics[("pgmigrate_run_failed", labels)] == 0
 
     events = [p["json"]["text"] for p in posts]
     assert any("started" in e for e in events) and any("succeeded" in e for e in events)
@@ -118,7 +118,7 @@ def test_failed_validation_fails_the_run_publishes_and_notifies(pg, reference_db
     status = query(pg, reference_db, "SELECT status FROM migration_ops.runs ORDER BY id DESC LIMIT 1")[0][0]
     assert status == "failed"
     metrics = parse_prom((tmp_path / "logs" / "metrics" / "pgmigrate_run.prom").read_text())
-    labels = frozenset({("version", "2.0.0"), ("environment", "test")})
+    labels = frozenset({("version", "2.0.0"), ("environment", "test"), ("database", "football_db")})
     assert metrics[("pgmigrate_run_failed", labels)] == 1 and metrics[("pgmigrate_run_status", labels)] == 2
     assert metrics[("pgmigrate_run_current_phase", labels | {("phase", "validate")})] == 1
     failed = [p for p in posts if "failed" in p["json"]["text"]]
