@@ -129,6 +129,18 @@ def test_standalone_rollback_check_undo_and_nothing_left(pg, reference_db, tmp_p
     assert "deploy: nothing to switch back (the deploy phase recorded skipped" in out
     assert (checksums(pg, reference_db), runs(pg, reference_db)) == failed_state
 
+    # rollback.yml -e run_id=N, without a version: the same preview, of that run; an id the ledger does not
+    # hold has nothing to roll back.
+    by_id = {k: v for k, v in variables.items() if k != "version"}
+    named = run_playbook("rollback.yml", tmp_path, {**by_id, "run_id": run_id}, "--check")
+    assert named.rc == 0, named.output[-3000:]
+    assert f"Check mode: would undo run #{run_id} (2.0.0, failed" in text(named)
+    assert "database restored from the verified backup" in text(named)
+    unknown = run_playbook("rollback.yml", tmp_path, {**by_id, "run_id": run_id + 41}, "--check")
+    assert unknown.rc == 0, unknown.output[-3000:]
+    assert f"holds no run #{run_id + 41}: nothing to roll back" in text(unknown)
+    assert (checksums(pg, reference_db), runs(pg, reference_db)) == failed_state
+
     res = run_playbook("rollback.yml", tmp_path, variables)
     assert res.rc == 0, res.output[-4000:]
     assert f"Run #{run_id} (2.0.0) is rolled back" in text(res)
