@@ -39,7 +39,11 @@ options:
     description: Phase name (plan, backup, schema, data, deploy, validate, report, rollback).
     type: str
   phase_status:
-    description: What happened to the phase.
+    description:
+      - What happened to the phase.
+      - Left out (with O(facts)), the facts are merged into the phase's record and its status and times stay as
+        they are. A phase so records what it is about to change before it changes it (the deploy phase's colours
+        and configuration backup), so that a failure or a killed run after that point can be undone.
     type: str
     choices: [started, succeeded, failed, skipped, not_implemented]
   facts:
@@ -78,6 +82,16 @@ EXAMPLES = r'''
     run_id: "{{ __plan_run_id }}"
     phase: backup
     phase_status: started
+
+- name: Record what the deploy is about to change, before the switch (the phase stays started)
+  migration_ledger:
+    login_db: football_prediction
+    run_id: "{{ pgmigrate_run_id }}"
+    phase: deploy
+    facts:
+      colour_from: blue
+      colour_to: green
+      switch_started_at: "2026-03-01T02:10:00Z"
 
 - name: Record the verified backup
   migration_ledger:
@@ -128,12 +142,14 @@ def record(module, cur, schema: str, p: dict) -> dict:
     phases = row[0] or {}
     changes = []
     if p["phase"]:
-        if not p["phase_status"]:
-            module.fail_json(msg="phase_status is required with phase")
+        if not p["phase_status"] and not p["facts"]:
+            module.fail_json(msg="phase_status (or facts, to add to the phase's record) is required with phase")
         entry = dict(phases.get(p["phase"], {}))
         cur.execute("SELECT clock_timestamp()")
         now = cur.fetchone()[0]
-        if p["phase_status"] == "started":
+        if not p["phase_status"]:
+            pass  # facts only: the status and the times stay as they are
+        elif p["phase_status"] == "started":
             entry = {"status": "started", "started_at": now.isoformat()}
         else:
             entry["status"] = p["phase_status"]

@@ -14,6 +14,11 @@ description:
     (traffic back to the previous colour, previous configuration, then the database).
   - The deploy steps come only from the facts the run's deploy phase recorded (C(colour_from), C(colour_to),
     C(config_backup), ...); a deploy phase that recorded none has nothing to switch back, which RV(notes) says.
+    The deploy records its colours and configuration backup before its switch and C(switch_started_at) when the
+    switch begins, so traffic goes back whenever a switch may have happened (the phase succeeded, or failed or was
+    killed after the switch began), and the configuration backup is put back whenever there is one.
+  - A rolling update records each instance's release (and configuration backup) before it changes it
+    (C(instances_previous)); the step V(roll_back) takes those instances back to their releases one at a time.
   - The database goes back by an Alembic downgrade to the run's C(from_revision) or by restoring the run's verified
     backup. O(strategy) forces one; V(auto) follows the plan's C(rollback.restore_backup) (O(restore_backup)) -
     V(always), V(never), or V(if_data_changed), which restores when the run's backfills updated rows (counted in
@@ -96,8 +101,8 @@ reason:
   returned: when nothing_to_do
   type: str
 steps:
-  description: The steps to undo, in order; each has C(step) (switch_back, config_restore, downgrade, restore) and
-    C(what), plus its arguments (C(colour), C(path), C(to), C(backup_path)).
+  description: The steps to undo, in order; each has C(step) (switch_back, roll_back, config_restore, downgrade,
+    restore) and C(what), plus its arguments (C(colour), C(instances), C(path), C(to), C(backup_path)).
   returned: always
   type: list
   elements: dict

@@ -65,21 +65,53 @@ def phase(run: dict, name: str) -> dict:
 
 
 def deploy_steps(run: dict) -> tuple[list[dict], list[str]]:
-    """The way back of the deploy phase, only from the facts it recorded (interface (c) of the deploy issue)."""
+    """The way back of the deploy phase, only from the facts it recorded (interface (c) of the deploy issue).
+
+    The deploy records its colours and configuration backup before it switches, and switch_started_at
+    when the switch begins: traffic goes back whenever a switch may have happened (the phase succeeded, or
+    it failed or was killed after the switch began). A rolling update records each instance's release
+    before it changes it (instances_previous): those instances go back one at a time."""
     info = phase(run, "deploy")
     facts = info.get("facts") or {}
-    if not facts.get("colour_from"):
-        status = info.get("status") or "not reached"
+    status = info.get("status") or "not reached"
+    if facts.get("strategy") == "rolling" and not facts.get("colour_from"):
+        return rolling_steps(facts, status)
+    if not facts.get("colour_from") and not facts.get("config_backup"):
         return [], [f"deploy: nothing to switch back (the deploy phase recorded {status} and no colours)"]
-    steps = [{"step": "switch_back", "colour": facts["colour_from"], "from_colour": facts.get("colour_to"),
-              "version": facts.get("version_from"), "strategy": facts.get("strategy"),
-              "runtime": facts.get("runtime"), "instances": facts.get("instances") or [],
-              "what": f"traffic back to {facts['colour_from']} ({facts.get('version_from') or '?'}), "
-                      f"{facts.get('colour_to') or 'the new colour'} stopped"}]
+    steps, notes = [], []
+    switched = status == "succeeded" or bool(facts.get("switch_started_at"))
+    if facts.get("colour_from") and switched:
+        steps.append({"step": "switch_back", "colour": facts["colour_from"], "from_colour": facts.get("colour_to"),
+                      "version": facts.get("version_from"), "strategy": facts.get("strategy"),
+                      "runtime": facts.get("runtime"), "instances": facts.get("instances") or [],
+                      "what": f"traffic back to {facts['colour_from']} ({facts.get('version_from') or '?'}), "
+                              f"{facts.get('colour_to') or 'the new colour'} stopped"})
+    elif facts.get("colour_from"):
+        notes.append(f"deploy: nothing to switch back (the deploy phase {status} before its switch began: "
+                     f"{facts['colour_from']} kept the traffic)")
+    else:
+        notes.append(f"deploy: nothing to switch back (no colour was live before the deploy phase, {status})")
     if facts.get("config_backup"):
         steps.append({"step": "config_restore", "path": facts["config_backup"],
                       "what": f"previous configuration restored from {facts['config_backup']}"})
-    return steps, []
+    return steps, notes
+
+
+def rolling_steps(facts: dict, status: str) -> tuple[list[dict], list[str]]:
+    """A rolling update's way back: each instance it changed, in the update's order, to its previous release."""
+    previous = facts.get("instances_previous") or {}
+    order = [n for n in facts.get("instances") or [] if n in previous] + \
+        sorted(n for n in previous if n not in (facts.get("instances") or []))
+    back = [{"name": n, "version": previous[n].get("version"), "config_backup": previous[n].get("config_backup")}
+            for n in order if (previous[n] or {}).get("version")]
+    notes = [f"deploy: {n} had no release before the rolling update ({status}): left as it is"
+             for n in order if not (previous[n] or {}).get("version")]
+    if not back:
+        return [], notes or [f"deploy: nothing to roll back (the rolling update, {status}, changed no instance)"]
+    return [{"step": "roll_back", "instances": back, "strategy": "rolling", "runtime": facts.get("runtime"),
+             "what": "instances rolled back one at a time (those out of the upstream first): " + ", ".join(
+                 f"{i['name']} to {i['version']}" + (" (previous configuration restored)" if i["config_backup"]
+                                                     else "") for i in back)}], notes
 
 
 def backup_problem(run: dict, database: str) -> tuple[dict | None, str | None]:
@@ -304,5 +336,5 @@ def choose_strategy(p: dict, rows: int, schema_moved: bool) -> tuple[str, str]:
 
 def reversed_order(steps: list[dict]) -> list[dict]:
     """Undo in reverse order of the runbook: traffic first, then configuration, then the database."""
-    rank = {"switch_back": 0, "config_restore": 1, "downgrade": 2, "restore": 2}
+    rank = {"switch_back": 0, "roll_back": 0, "config_restore": 1, "downgrade": 2, "restore": 2}
     return sorted(steps, key=lambda s: rank[s["step"]])

@@ -33,6 +33,28 @@ def main(argv=None):
 '''
 
 
+# A test-only release that fails its /health through nginx and answers everything else: appended to an
+# installed release's server.py, from outside the production code. nginx sets X-Real-IP on every request it
+# passes on (roles/blue_green/templates/nginx.conf.j2); a direct request to the colour has none, so the
+# deploy's health check and smoke requests pass, and its check through the proxy after the switch fails.
+PROXY_FAILING_HEALTH = '''
+
+# --- test-only (tests/deploy_helpers.py): /health fails through nginx ---
+_direct_health = Handler.health
+
+
+def _health_failing_through_the_proxy(self):
+    if self.headers.get("X-Real-IP"):
+        self.send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"status": "error", "error": "test release: /health fails "
+                       "through the proxy", "version": self.server.version, "colour": self.server.colour})
+        return
+    _direct_health(self)
+
+
+Handler.health = _health_failing_through_the_proxy
+'''
+
+
 def install_release(wheel: Path, target: Path) -> None:
     """Install a release wheel into a release directory, as the deploy does (pip --target)."""
     subprocess.run([str(VENV_BIN / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target",
@@ -43,6 +65,14 @@ def install_broken_release(wheel: Path, target: Path) -> None:
     """Install `wheel` into the release directory `target` the deploy would use, then break it."""
     install_release(wheel, target)
     (target / "football_prediction_api" / "server.py").write_text(BROKEN_SERVER)
+
+
+def install_proxy_failing_release(wheel: Path, target: Path) -> None:
+    """Install `wheel` into the release directory `target` the deploy would use, then make its /health fail
+    through nginx (only: direct requests and every other path are answered as usual)."""
+    install_release(wheel, target)
+    server = target / "football_prediction_api" / "server.py"
+    server.write_text(server.read_text() + PROXY_FAILING_HEALTH)
 
 
 def config_digest(directory: Path) -> dict:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 
 import pytest
+import yaml
 from conftest import ROOT, alembic, run_playbook
 from deploy_helpers import build_release, config_digest, install_broken_release, install_release, new_stack
 from test_migrate_flow import flow_vars, snapshot
 from traffic import Traffic
+from validate_helpers import query
 
 APP_PLAYBOOK = ROOT / "playbooks" / "app_release.yml"
 SWITCH_BACK = ROOT / "tests" / "playbooks" / "switch_back.yml"
@@ -232,17 +234,36 @@ def rolling_db(pg, v2_template):
     pg.drop_database(name)
 
 
+# A release-only plan: 2.0.1 by rolling update, no schema or data change (playbooks/deploy.yml runs it as a
+# phase run of its own, so the run ledger records what the update changed and rollback.yml can undo it).
+ROLLING_PLAN = {"plan_format": 1, "version": "2.0.1", "from_version": "2.0.0", "type": "data",
+                "title": "Release 2.0.1 by rolling update",
+                "release": {"version": "2.0.1", "strategy": "rolling", "health_path": "/health"},
+                "rollback": {"policy": "manual", "restore_backup": "if_data_changed"}}
+
+
+def run_vars(tmp_path, **extra) -> dict:
+    plans = tmp_path / "plans"
+    plans.mkdir(exist_ok=True)
+    (plans / "2.0.1.yml").write_text(yaml.safe_dump(ROLLING_PLAN, sort_keys=False))
+    return {"version": "2.0.1", "pgmigrate_plan_dir": str(plans), "pgmigrate_environment": "test",
+            **{f"pgmigrate_{d}_dir": str(tmp_path / d) for d in ("log", "report", "docs", "backup")}, **extra}
+
+
 def test_rolling_update_keeps_serving_and_stops_at_a_failing_instance(pg, rolling_db, rolling_stack, tmp_path):
     s, app_db = rolling_stack, rolling_db
     first = deploy(s, pg, app_db, tmp_path, "2.0.0", "v2_0_0", blue_green_strategy="rolling")
     assert first.rc == 0, first.output[-4000:]
     assert [m["name"] for m in s.upstream()["members"]] == ["rolling-1", "rolling-2"]
+    configs = {i: s.deploy / "colours" / i / "config" for i in ("rolling-1", "rolling-2")}
+    digests = {i: config_digest(d) for i, d in configs.items()}
     # rolling-2's 2.0.1 release is damaged from outside before the update reaches it.
     install_broken_release(s.releases / "football_prediction_api-2.0.1-py3-none-any.whl",
                            s.deploy / "colours" / "rolling-2" / "releases" / "2.0.1")
+    # The update runs as the deploy phase of a run (playbooks/deploy.yml and the 2.0.1 plan): the ledger keeps it.
     with Traffic(s.url, ["/health", "/predictions/1"], threads=4, requests=50_000, min_requests=200) as loop:
-        res = deploy(s, pg, app_db, tmp_path, "2.0.1", "v2_0_0", blue_green_strategy="rolling",
-                     blue_green_health_retries=3)
+        res = run_playbook(ROOT / "playbooks" / "deploy.yml", tmp_path, s.variables(
+            pg, app_db, blue_green_expect_revision="v2_0_0", blue_green_health_retries=3, **run_vars(tmp_path)))
     assert res.rc != 0
     output = " ".join(res.output.split())
     # The broken release exits at start: the update stops there, saying so with the program's own words.
@@ -255,3 +276,33 @@ def test_rolling_update_keeps_serving_and_stops_at_a_failing_instance(pg, rollin
     assert [m["name"] for m in s.upstream()["members"]] == ["rolling-1"]
     assert s.health() == {"status": "ok", "version": "2.0.1", "colour": "rolling-1", "db_revision": "v2_0_0"}
     assert s.programs()["app-rolling-2"][0] in ("STOPPED", "FATAL", "EXITED", "BACKOFF")
+
+    # The way back: rollback.yml -e run_id=N takes each instance the update changed back to 2.0.0, one at a
+    # time with the same health checks, under a request loop through nginx.
+    (run_id, phases), = query(pg, app_db, "SELECT id, phases FROM migration_ops.runs ORDER BY id DESC LIMIT 1")
+    previous = phases["deploy"]["facts"]["instances_previous"]
+    assert {i: p["version"] for i, p in previous.items()} == {"rolling-1": "2.0.0", "rolling-2": "2.0.0"}
+    back_vars = s.variables(pg, app_db, run_id=run_id, **run_vars(tmp_path))
+    back_vars.pop("version")
+    with Traffic(s.url, ["/health", "/predictions/1"], threads=4, requests=50_000, min_requests=200) as loop:
+        back = run_playbook(ROOT / "rollback.yml", tmp_path, back_vars)
+    assert back.rc == 0, back.output[-4000:]
+    assert loop.failures == [], loop.failures[:5]  # at every moment at least one instance served
+    out = " ".join(back.output.split())
+    assert f"Run #{run_id} (2.0.1) is rolled back" in out, out[-4000:]
+    assert "instances rolled back one at a time (those out of the upstream first): rolling-1 to 2.0.0 (previous " \
+           "configuration restored), rolling-2 to 2.0.0 (previous configuration restored)" in out
+    assert "Rolled back one at a time: rolling-2 to 2.0.0, rolling-1 to 2.0.0 (rolling-2, rolling-1 changed)" in out
+    for i in ("rolling-1", "rolling-2"):
+        assert s.health(s.rolling_base + int(i[-1]) - 1) == {"status": "ok", "version": "2.0.0", "colour": i,
+                                                             "db_revision": "v2_0_0"}
+        assert s.programs()[f"app-{i}"][0] == "RUNNING"
+    assert sorted(s.upstream()["members"], key=lambda m: m["name"]) == [
+        {"name": "rolling-1", "port": s.rolling_base, "version": "2.0.0"},
+        {"name": "rolling-2", "port": s.rolling_base + 1, "version": "2.0.0"}]
+    for client in range(4):  # 2.0.1 (rolling-1) until it was rolled back, 2.0.0 after
+        assert loop.version_changes(client)[-1] == "2.0.0", (client, loop.version_changes(client))
+    assert {i: config_digest(d) for i, d in configs.items()} == digests
+    (status, phases), = query(pg, app_db, "SELECT status, phases FROM migration_ops.runs WHERE id = %s", (run_id,))
+    assert status == "rolled_back" and phases["rollback"]["status"] == "succeeded"
+    assert phases["deploy"]["status"] == "failed"

@@ -69,6 +69,12 @@ def test_ledger_records_phases_and_refuses_unknown_runs(pg, tmp_path):
     started = run_module("migration_ledger", {**args, "run_id": run_id, "phase": "backup",
                                               "phase_status": "started"}, tmp_path)
     assert started["changed"] and started["run"]["phases"]["backup"]["status"] == "started"
+    # Facts alone (what a phase is about to change) are merged in; the status and start time stay.
+    noted = run_module("migration_ledger", {**args, "run_id": run_id, "phase": "backup", "facts": {"target": "/b"}},
+                       tmp_path)
+    assert noted["run"]["phases"]["backup"] == {**started["run"]["phases"]["backup"], "facts": {"target": "/b"}}
+    bare = run_module("migration_ledger", {**args, "run_id": run_id, "phase": "backup"}, tmp_path)
+    assert bare.get("failed") and "phase_status (or facts" in bare["msg"]
     check = run_module("migration_ledger", {**args, "run_id": run_id, "phase": "backup", "phase_status": "succeeded",
                                             "fields": {"backup_path": "/b/x.dump", "backup_verified": True}},
                        tmp_path, check=True)
@@ -79,7 +85,8 @@ def test_ledger_records_phases_and_refuses_unknown_runs(pg, tmp_path):
     run = done["run"]
     assert run["backup_path"] == "/b/x.dump" and run["backup_verified"] is True
     assert run["phases"]["backup"]["status"] == "succeeded" and run["phases"]["backup"]["duration_s"] >= 0
-    assert run["phases"]["backup"]["facts"] == {"size_bytes": 42}
+    assert run["phases"]["backup"]["facts"] == {"target": "/b", "size_bytes": 42}
+    assert run["phases"]["backup"]["started_at"] == started["run"]["phases"]["backup"]["started_at"]
     unknown = run_module("migration_ledger", {**args, "run_id": run_id + 99, "status": "failed"}, tmp_path)
     assert unknown.get("failed") and f"run #{run_id + 99} does not exist" in unknown["msg"]
     history = run_module("migration_ledger", {**args, "state": "query", "version": "2.0.0"}, tmp_path)

@@ -16,7 +16,13 @@ import yaml
 from backfill_helpers import wait_for_batches
 from conftest import ROOT
 from conftest import run_playbook as _run_playbook
-from deploy_helpers import build_releases, config_digest, install_broken_release, new_stack
+from deploy_helpers import (
+    build_releases,
+    config_digest,
+    install_broken_release,
+    install_proxy_failing_release,
+    new_stack,
+)
 from psycopg2 import sql
 from receivers import WebhookReceiver
 from test_backfill_safety import start_playbook
@@ -121,6 +127,18 @@ def test_standalone_rollback_check_undo_and_nothing_left(pg, reference_db, tmp_p
     assert f"Check mode: would undo run #{run_id} (2.0.0, failed" in out
     assert "database restored from the verified backup" in out and "the run's backfills updated 3,000 row(s)" in out
     assert "deploy: nothing to switch back (the deploy phase recorded skipped" in out
+    assert (checksums(pg, reference_db), runs(pg, reference_db)) == failed_state
+
+    # rollback.yml -e run_id=N, without a version: the same preview, of that run; an id the ledger does not
+    # hold has nothing to roll back.
+    by_id = {k: v for k, v in variables.items() if k != "version"}
+    named = run_playbook("rollback.yml", tmp_path, {**by_id, "run_id": run_id}, "--check")
+    assert named.rc == 0, named.output[-3000:]
+    assert f"Check mode: would undo run #{run_id} (2.0.0, failed" in text(named)
+    assert "database restored from the verified backup" in text(named)
+    unknown = run_playbook("rollback.yml", tmp_path, {**by_id, "run_id": run_id + 41}, "--check")
+    assert unknown.rc == 0, unknown.output[-3000:]
+    assert f"holds no run #{run_id + 41}: nothing to roll back" in text(unknown)
     assert (checksums(pg, reference_db), runs(pg, reference_db)) == failed_state
 
     res = run_playbook("rollback.yml", tmp_path, variables)
@@ -314,75 +332,119 @@ def test_failed_phase_is_rolled_back_automatically(pg, reference_db, tmp_path, p
     assert any("2.0.0 rolled back" in p and "automatic: True" in p for p in posts), posts
 
 
-def blue_serves_1_0_0_again(stack, blue_config: Path, config_before: dict) -> None:
-    """After a rollback of a deploy: 1.0.0 serves from blue alone at v1_0_0, green is stopped and blue's
-    configuration is byte for byte what it was."""
+def live_blue_and_configured_green(stack, variables: dict, tmp_path: Path) -> tuple[dict, dict]:
+    """Release 1.0.0 live on blue behind nginx, and on green the configuration an earlier deploy left there
+    (1.0.1, refused by its health check: it waited for a revision that never comes). The migration deploys
+    into green, replacing that configuration, so the rollback has a previous configuration to put back.
+    Returns both colours' configuration directories and their digests."""
+    live = run_playbook("playbooks/app_release.yml", tmp_path,
+                        {**variables, "blue_green_release_version": "1.0.0", "blue_green_expect_revision": ""})
+    assert live.rc == 0, live.output[-4000:]
+    earlier = run_playbook("playbooks/app_release.yml", tmp_path,
+                           {**variables, "blue_green_release_version": "1.0.1", "blue_green_expect_revision": "v9_9_9",
+                            "blue_green_health_retries": 1})
+    assert earlier.rc != 0 and "the health check of green" in text(earlier), earlier.output[-4000:]
+    configs = {c: stack.deploy / "colours" / c / "config" for c in ("blue", "green")}
+    digests = {c: config_digest(d) for c, d in configs.items()}
+    assert set(digests["green"]) == {".env", "config/app_config.json"}, digests
+    assert "APP_RELEASE=1.0.1" in (configs["green"] / ".env").read_text()
+    return configs, digests
+
+
+def blue_serves_1_0_0_again(stack, configs: dict, digests: dict) -> None:
+    """After a rollback of a deploy: 1.0.0 serves from blue alone at v1_0_0, green is stopped and both colours'
+    configuration files are byte for byte what they were (green's put back from the deploy's backup)."""
     assert stack.health() == {"status": "ok", "version": "1.0.0", "colour": "blue", "db_revision": "v1_0_0"}
     assert [m["name"] for m in stack.upstream()["members"]] == ["blue"]
     assert stack.programs()["app-green"][0] != "RUNNING"
-    assert config_digest(blue_config) == config_before
+    assert {c: config_digest(d) for c, d in configs.items()} == digests
 
 
-def test_failed_deploy_is_rolled_back_with_the_old_release_serving_throughout(pg, reference_db, tmp_path):
-    """Release 1.0.0 live behind nginx on blue; migrate.yml's 2.0.0 (a test-only broken release, which
-    exits at start) fails the deploy phase after the schema change and the backfill. The automatic
-    rollback restores the database (the backfill changed rows) with 1.0.0 connected, whose sessions the
-    reference plan lets the restore terminate; a request loop through nginx across all of it: zero
-    failed requests, 1.0.0 on blue before and after, blue's configuration byte for byte."""
-    releases = build_releases(tmp_path / "releases")
+# How green's 2.0.0 is broken from outside the production code; the paths the request loop asks through nginx;
+# what the failed deploy says.
+DEPLOY_FAULTS = {
+    # It exits at start: the deploy stops before the switch, and no request ever reaches green.
+    "start": (install_broken_release, ["/health", "/predictions/1"],
+              ["the start of green failed", "broken test release: refusing to start"]),
+    # Its /health fails through nginx only: the health check and the smoke requests (direct) pass, traffic is
+    # switched, then the check through the proxy fails. The loop asks for predictions, which it serves.
+    "proxy": (install_proxy_failing_release, ["/predictions/1", "/predictions/2"],
+              ["failed at 'Check through nginx the answer of green'", "HTTP Error 503"]),
+}
+
+
+@pytest.mark.parametrize("fault", list(DEPLOY_FAULTS))
+def test_failed_deploy_is_rolled_back_with_the_old_release_serving_throughout(pg, reference_db, tmp_path, fault):
+    """Release 1.0.0 live behind nginx on blue; migrate.yml's 2.0.0 (a test-only broken release) fails the
+    deploy phase after the schema change and the backfill: at its start (before the switch), or at the check
+    through nginx after traffic was switched. The automatic rollback switches traffic back to blue when the
+    switch had begun, puts green's previous configuration back, and restores the database (the backfill
+    changed rows) with 1.0.0 connected, whose sessions the reference plan lets the restore terminate; a
+    request loop through nginx across all of it: zero failed requests, 1.0.0 on blue before and after, both
+    colours' configuration byte for byte."""
+    install_fault, paths, messages = DEPLOY_FAULTS[fault]
+    releases = build_releases(tmp_path / "releases", ("1.0.0", "1.0.1", "2.0.0"))
     stack = new_stack(tmp_path / "deploy", releases)
     try:
         variables = {**rb_vars(pg, reference_db, tmp_path), **stack.variables(pg, reference_db)}
-        live = run_playbook("playbooks/app_release.yml", tmp_path,
-                            {**variables, "blue_green_release_version": "1.0.0", "blue_green_expect_revision": ""})
-        assert live.rc == 0, live.output[-4000:]
-        blue_config = stack.deploy / "colours" / "blue" / "config"
-        config_before = config_digest(blue_config)
+        configs, digests = live_blue_and_configured_green(stack, variables, tmp_path)
         before = checksums(pg, reference_db)
-        install_broken_release(releases / "football_prediction_api-2.0.0-py3-none-any.whl",
-                               stack.deploy / "colours" / "green" / "releases" / "2.0.0")
-        with Traffic(stack.url, ["/health", "/predictions/1"], threads=3, requests=200_000,
-                     min_requests=300) as loop:
+        install_fault(releases / "football_prediction_api-2.0.0-py3-none-any.whl",
+                      stack.deploy / "colours" / "green" / "releases" / "2.0.0")
+        with Traffic(stack.url, paths, threads=3, requests=200_000, min_requests=300) as loop:
             res = run_playbook("migrate.yml", tmp_path, variables, timeout=2400)
         out = text(res)
         assert res.rc != 0 and "The deploy phase failed at" in out, out[-4000:]
-        assert "the start of green failed" in out and "broken test release: refusing to start" in out
+        assert all(m in out for m in messages), (messages, out[-4000:])
         assert "rolling back automatically" in out and "Rollback: rolled back automatically:" in out
         assert loop.failures == [], loop.failures[:5]
-        assert {a.version for a in loop.answers} == {"1.0.0"} and {a.colour for a in loop.answers} == {"blue"}
-        blue_serves_1_0_0_again(stack, blue_config, config_before)
+        if fault == "start":
+            assert {a.version for a in loop.answers} == {"1.0.0"} and {a.colour for a in loop.answers} == {"blue"}
+        else:  # switched to green, which served predictions, then back to blue, each change seen once
+            for client in range(3):
+                assert loop.version_changes(client) == ["1.0.0", "2.0.0", "1.0.0"], (client,
+                                                                                     loop.version_changes(client))
+        blue_serves_1_0_0_again(stack, configs, digests)
     finally:
         stack.stop()
     assert checksums(pg, reference_db) == before
     assert revision(pg, reference_db) == "v1_0_0"
     (run_id, _, status, phases, error), *rest = runs(pg, reference_db)
     assert status == "rolled_back" and phases["deploy"]["status"] == "failed" and "deploy phase failed" in error
-    assert "broken test release" in phases["deploy"]["facts"]["error"]
+    deploy = phases["deploy"]["facts"]
+    # Recorded before the switch, kept beside what failed.
+    assert (deploy["colour_from"], deploy["colour_to"], deploy["version_from"]) == ("blue", "green", "1.0.0")
+    assert deploy["config_backup"] and deploy["task"]
     assert f"Run #{run_id} (2.0.0) is rolled back automatically" in out
     rollback = phases["rollback"]
+    undone = rollback["facts"]["undone"]
     assert rollback["status"] == "succeeded" and rollback["facts"]["strategy"] == "restore"
-    assert any("restored" in u for u in rollback["facts"]["undone"]), rollback["facts"]["undone"]
+    assert any("restored" in u for u in undone), undone
+    assert any(f"previous configuration restored from {deploy['config_backup']}" in u for u in undone), undone
+    if fault == "start":
+        assert "broken test release" in deploy["error"] and "switch_started_at" not in deploy
+        assert not any("traffic back" in u for u in undone), undone
+        assert any("before its switch began: blue kept the traffic" in n for n in rollback["facts"]["notes"])
+    else:
+        assert deploy["task"] == "Check through nginx the answer of green" and deploy["switch_started_at"]
+        assert any("traffic back to blue (1.0.0), green stopped" in u for u in undone), undone
     assert [(r[1], r[2]) for r in rest] == [("rollback", "succeeded")]
     assert lock_rows(pg, reference_db) == 0
 
 
 def test_failed_validation_after_the_switch_sends_traffic_back_with_no_failed_request(pg, reference_db, tmp_path):
-    """Release 1.0.0 live behind nginx on blue; migrate.yml migrates the schema, backfills, deploys the real
-    2.0.0 on green and switches to it, then a check of the validate phase (a test-only plan) fails. The
-    automatic rollback sends traffic back to blue by one rename of nginx's live socket, restores blue's
-    configuration and the database, and stops green; a request loop through nginx across all of it: zero
-    failed requests, each client sees 1.0.0, 2.0.0, then 1.0.0 again, and blue's configuration is byte for
-    byte."""
-    releases = build_releases(tmp_path / "releases")
+    """Release 1.0.0 live behind nginx on blue, green holding an earlier deploy's configuration; migrate.yml
+    migrates the schema, backfills, deploys the real 2.0.0 on green and switches to it, then a check of the
+    validate phase (a test-only plan) fails. The automatic rollback sends traffic back to blue by one rename
+    of nginx's live socket, puts green's previous configuration back from the deploy's backup, restores the
+    database and stops green; a request loop through nginx across all of it: zero failed requests, each
+    client sees 1.0.0, 2.0.0, then 1.0.0 again, and both colours' configuration is byte for byte."""
+    releases = build_releases(tmp_path / "releases", ("1.0.0", "1.0.1", "2.0.0"))
     stack = new_stack(tmp_path / "deploy", releases)
     plans = write_plan(tmp_path, failing_validation)
     try:
         variables = {**rb_vars(pg, reference_db, tmp_path, plans), **stack.variables(pg, reference_db)}
-        live = run_playbook("playbooks/app_release.yml", tmp_path,
-                            {**variables, "blue_green_release_version": "1.0.0", "blue_green_expect_revision": ""})
-        assert live.rc == 0, live.output[-4000:]
-        blue_config = stack.deploy / "colours" / "blue" / "config"
-        config_before = config_digest(blue_config)
+        configs, digests = live_blue_and_configured_green(stack, variables, tmp_path)
         before = checksums(pg, reference_db)
         with Traffic(stack.url, ["/health", "/predictions/1"], threads=3, requests=200_000,
                      min_requests=300) as loop:
@@ -396,7 +458,7 @@ def test_failed_validation_after_the_switch_sends_traffic_back_with_no_failed_re
         # every client sees each change once and never flaps back.
         for client in range(3):
             assert loop.version_changes(client) == ["1.0.0", "2.0.0", "1.0.0"], (client, loop.version_changes(client))
-        blue_serves_1_0_0_again(stack, blue_config, config_before)
+        blue_serves_1_0_0_again(stack, configs, digests)
     finally:
         stack.stop()
     assert checksums(pg, reference_db) == before
@@ -404,10 +466,12 @@ def test_failed_validation_after_the_switch_sends_traffic_back_with_no_failed_re
     (run_id, _, status, phases, error), *rest = runs(pg, reference_db)
     assert status == "rolled_back" and "validate phase failed" in error
     assert phases["deploy"]["status"] == "succeeded" and phases["validate"]["status"] == "failed"
-    assert (phases["deploy"]["facts"]["colour_from"], phases["deploy"]["facts"]["colour_to"]) == ("blue", "green")
+    deploy = phases["deploy"]["facts"]
+    assert (deploy["colour_from"], deploy["colour_to"]) == ("blue", "green") and deploy["config_backup"]
     undone = phases["rollback"]["facts"]["undone"]
     assert phases["rollback"]["status"] == "succeeded" and phases["rollback"]["facts"]["strategy"] == "restore"
     assert any("traffic back to blue" in u for u in undone) and any("restored" in u for u in undone), undone
+    assert any(f"previous configuration restored from {deploy['config_backup']}" in u for u in undone), undone
     assert [(r[1], r[2]) for r in rest] == [("rollback", "succeeded")]
     assert f"Run #{run_id} (2.0.0) is rolled back automatically" in out
     assert lock_rows(pg, reference_db) == 0
