@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -26,7 +25,7 @@ import docker
 import pytest
 from conftest import ROOT, alembic, run_playbook
 from deploy_helpers import build_release, new_stack
-from docker_helpers import dockerd
+from docker_helpers import own_dockerd
 from traffic import Traffic
 
 PLAYBOOK = ROOT / "tests" / "playbooks" / "docker_runtime.yml"
@@ -37,20 +36,8 @@ import pgcluster  # noqa: E402  (tools/ is on sys.path through conftest)
 @pytest.fixture(scope="module")
 def docker_host(tmp_path_factory):
     """A dockerd of this module's own (data, exec root, socket and pid file in a temp directory)."""
-    if shutil.which("dockerd") is None:
-        pytest.skip("dockerd is not installed: scripts/bootstrap.sh --services installs Debian's docker.io")
-    if os.geteuid() != 0:
-        pytest.skip("dockerd needs root on this machine (no rootless docker): run the docker tests as root")
-    directory = tmp_path_factory.mktemp("dockerd")
-    started = dockerd("start", directory)
-    if started.returncode != 0:
-        pytest.skip(f"dockerd cannot start on this machine: {(started.stdout + started.stderr).strip()}")
-    host = f"unix://{directory}/docker.sock"
-    try:
+    with own_dockerd(tmp_path_factory.mktemp("dockerd"), "the docker tests") as host:
         yield host
-    finally:
-        stopped = dockerd("stop", directory)
-        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pgcluster
 import pytest
 import yaml
 from conftest import ROOT, query
-from docker_helpers import dockerd
+from docker_helpers import own_dockerd
 
 EE_UID = 1000  # the EE's USER (ansible-builder's final stage)
 
@@ -80,22 +80,10 @@ def test_the_ee_pins_what_the_control_node_pins():
 # --- the built image -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ee_daemon(tmp_path_factory):
-    """A dockerd of this module's own; skipped, with the reason, only where it cannot start."""
-    if shutil.which("dockerd") is None or shutil.which("docker") is None:
-        pytest.skip("dockerd or the docker CLI is not installed: scripts/bootstrap.sh --services installs "
-                    "Debian's docker.io")
-    if os.geteuid() != 0:
-        pytest.skip("dockerd needs root on this machine (no rootless docker): run the EE build test as root")
-    directory = tmp_path_factory.mktemp("eed")
-    started = dockerd("start", directory)
-    if started.returncode != 0:
-        pytest.skip(f"dockerd cannot start on this machine: {(started.stdout + started.stderr).strip()}")
-    try:
-        yield f"unix://{directory}/docker.sock"
-    finally:
-        stopped = dockerd("stop", directory)
-        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-        shutil.rmtree(directory / "data", ignore_errors=True)  # the images are cached as a tarball
+    """A dockerd of this module's own; skipped, with the reason, only where it cannot start. Its data goes with
+    it: the images are cached as a tarball."""
+    with own_dockerd(tmp_path_factory.mktemp("eed"), "the EE build test", keep_data=False) as host:
+        yield host
 
 
 @pytest.fixture(scope="module")
