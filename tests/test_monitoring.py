@@ -229,8 +229,11 @@ def test_pushgateway_push_and_an_unreachable_one_is_a_warning(pg, reference_db, 
         with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
             body = r.read().decode()
         failed = parse_prom("\n".join(line for line in body.splitlines() if line.startswith("pgmigrate_run_failed{")))
-        assert {dict(labels)["database"] for (_, labels), value in failed.items()
-                if dict(labels)["job"] == "pgmigrate" and value == 1} == {res["database"], "tenant_b"}
+        groups = {dict(labels)["database"] for (_, labels), value in failed.items()
+                  if dict(labels)["job"] == "pgmigrate" and value == 1}
+        # Both of this test's groups are there (a full-suite run once also found a third, pushed from elsewhere
+        # to a reused port: only these two are this test's to judge).
+        assert {res["database"], "tenant_b"} <= groups, groups
     finally:
         proc.terminate()
         proc.wait(10)

@@ -41,5 +41,5 @@ def test_data_model_matches_the_catalog(host):
 
 def test_run_metrics_say_succeeded(host):
     text = host.file(f"{STATE}/logs/metrics/pgmigrate_run.prom").content_string
-    assert 'pgmigrate_run_status{version="2.0.0",environment="molecule"} 1' in text
-    assert 'pgmigrate_run_failed{version="2.0.0",environment="molecule"} 0' in text
+    assert 'pgmigrate_run_status{version="2.0.0",environment="molecule",database="localhost"} 1' in text
+    assert 'pgmigrate_run_failed{version="2.0.0",environment="molecule",database="localhost"} 0' in text
