@@ -16,6 +16,7 @@ import pytest
 import yaml
 from conftest import ROOT, PgServer
 from conftest import run_playbook as _run_playbook
+from deploy_helpers import build_releases, new_stack
 from fleet_helpers import fleet_report, make_fleet, recap, write_inventory
 from test_monitoring import dashboard_names
 from test_report_flow import parse_prom
@@ -66,15 +67,30 @@ def entries(base: Path) -> dict:
 # ---------------------------------------------------------------------------------------------
 # 1. The default waves migrate the fleet; the rerun changes nothing
 # ---------------------------------------------------------------------------------------------
+APP_HOST = "fleet_ok_app"
+
+
 @pytest.fixture(scope="module")
 def migrated_fleet(pg, pg2, tmp_path_factory):
+    """Six databases and one shared application host: release 1.0.0 live behind nginx on blue (a real stack:
+    nginx, supervisord, the release wheels), reading the canary's database. fleet.yml migrates the databases in
+    waves, then deploys 2.0.0 on the application host once."""
     base = tmp_path_factory.mktemp("fleet-ok")
     fleet = make_fleet([pg, pg2], 6, "fleet_ok")
-    inventory = write_inventory(base, fleet)
-    first = run_playbook("fleet.yml", base, inventory)
-    yield {"base": base, "fleet": fleet, "inventory": inventory, "first": first}
-    for member in fleet:
-        member["server"].drop_database(member["db"])
+    stack = new_stack(base / "app", build_releases(base / "releases"))
+    canary = fleet[0]
+    app_vars = stack.variables(canary["server"], canary["db"])
+    try:
+        live = _run_playbook("playbooks/app_release.yml", base,
+                             {**app_vars, "blue_green_release_version": "1.0.0", "blue_green_expect_revision": ""})
+        assert live.rc == 0, live.output[-4000:]
+        inventory = write_inventory(base, fleet, app_hosts={APP_HOST: app_vars})
+        first = run_playbook("fleet.yml", base, inventory)
+        yield {"base": base, "fleet": fleet, "inventory": inventory, "first": first, "stack": stack}
+    finally:
+        stack.stop()
+        for member in fleet:
+            member["server"].drop_database(member["db"])
 
 
 def test_the_fleet_migrates_canary_first_then_in_waves(migrated_fleet):
@@ -109,15 +125,18 @@ def test_the_fleet_migrates_canary_first_then_in_waves(migrated_fleet):
         assert {dict(labels)["database"] for name, labels in run_prom} == {member["host"]}
     md = (base / "reports" / "fleet" / "2.0.0" / "fleet_report.md").read_text()
     assert md.count("| succeeded |") == 6 and "v1_0_0 -> v2_0_0" in md
-    # No application host in this inventory: the databases' own deploy phase is the fleet's (skipped with the
-    # reason), and the fleet's single deploy after the waves is skipped, which the report says.
+    # The databases' own deploy phase is the fleet's (skipped with the reason); the shared application host is
+    # deployed once, after every database reached the target: 2.0.0 on green, reading the canary's v2_0_0.
     for member in fleet:
         deploy = state(member)[2][0][3]["deploy"]
         assert deploy["status"] == "skipped" and "once, after every database" in deploy["facts"]["reason"]
-    assert report["application"]["status"] == "skipped" and report["application"]["hosts"] == []
-    assert "pgmigrate_app group is empty" in report["application"]["reason"]
-    assert "Application hosts (pgmigrate_app: none): **skipped**: the inventory has no application host" in md
-    assert "Application hosts (pgmigrate_app): not deployed: the inventory has no application host" in text(first)
+    assert report["application"]["status"] == "deployed", report["application"]
+    assert report["application"]["hosts"] == [APP_HOST] and report["application"]["deployed"] == [APP_HOST]
+    assert "Application hosts (pgmigrate_app): deployed next, one at a time: " + APP_HOST in text(first)
+    stack = migrated_fleet["stack"]
+    assert stack.health() == {"status": "ok", "version": "2.0.0", "colour": "green", "db_revision": "v2_0_0"}
+    assert recap(first.output)[APP_HOST]["failed"] == 0
+    programs_after_first(migrated_fleet)
     prom = (base / "reports" / "fleet" / "2.0.0" / "fleet.prom").read_text()
     for member in fleet:
         assert (f'pgmigrate_fleet_database_status{{version="2.0.0",environment="test",database="{member["host"]}",'
@@ -130,6 +149,11 @@ def test_the_fleet_migrates_canary_first_then_in_waves(migrated_fleet):
     assert fleet_names and fleet_names <= written, sorted(fleet_names - written)
 
 
+def programs_after_first(migrated_fleet) -> dict:
+    """supervisord's programs right after the first fleet run (read once, before the second)."""
+    return migrated_fleet.setdefault("programs_after_first", migrated_fleet["stack"].programs())
+
+
 def query_lock(member) -> int:
     from validate_helpers import query
     return query(member["server"], member["db"], "SELECT count(*) FROM migration_ops.lock")[0][0]
@@ -139,12 +163,19 @@ def test_a_second_fleet_run_changes_nothing(migrated_fleet):
     assert migrated_fleet["first"].rc == 0
     fleet, base = migrated_fleet["fleet"], migrated_fleet["base"]
     before = [state(m) for m in fleet]
+    programs_after_first(migrated_fleet)
     second = run_playbook("fleet.yml", base, migrated_fleet["inventory"])
     assert second.rc == 0, second.output[-5000:]
     assert [state(m) for m in fleet] == before  # no new ledger run, same revision and content
     counts = recap(second.output)
-    assert set(counts) == {m["host"] for m in fleet}
+    assert set(counts) == {m["host"] for m in fleet} | {APP_HOST}
     assert all(c["changed"] == 0 and c["failed"] == 0 for c in counts.values()), counts
+    # The application host was deployed again with the same release: nothing restarted, 2.0.0 still serves.
+    stack = migrated_fleet["stack"]
+    assert stack.health()["version"] == "2.0.0"
+    running = {name: pid for name, (status, pid) in stack.programs().items() if status == "RUNNING"}
+    assert running and running == {name: pid for name, (status, pid) in programs_after_first(migrated_fleet).items()
+                                   if status == "RUNNING"}
     assert "already at the target of 2.0.0, skipped" in text(second)
     by_name = entries(base)
     for member, (_, _, ledger) in zip(fleet, before):
@@ -286,8 +317,14 @@ def test_sliced_fleet_jobs_write_one_fleet_report(pg, pg2, tmp_path):
             assert {by_name[name]["status"] for name in part} == {"succeeded"}
         report = fleet_report(tmp_path)
         assert {k: v for k, v in report["totals"].items() if v} == {"succeeded": 4} and report["stopped"] == []
+        # No application host in this inventory: the fleet's single deploy after the waves is skipped, and said.
+        assert report["application"]["status"] == "skipped" and report["application"]["hosts"] == []
+        assert "pgmigrate_app group is empty" in report["application"]["reason"]
         assert len({e["invocation"] for e in report["databases"]}) == slices
         md = (tmp_path / "reports" / "fleet" / "2.0.0" / "fleet_report.md").read_text()
+        assert "Application hosts (pgmigrate_app: none): **skipped**: the inventory has no application host" in md
+        assert "Application hosts (pgmigrate_app): not deployed: the inventory has no application host" in " ".join(
+            res.output.split())
         prom = (tmp_path / "reports" / "fleet" / "2.0.0" / "fleet.prom").read_text()
         for member in fleet:
             rev, _, ledger = state(member)
