@@ -477,6 +477,49 @@ def test_failed_validation_after_the_switch_sends_traffic_back_with_no_failed_re
     assert lock_rows(pg, reference_db) == 0
 
 
+def test_failed_schema_phase_is_downgraded_with_the_old_release_serving_throughout(pg, reference_db, tmp_path):
+    """Release 1.0.0 live behind nginx on blue; migrate.yml's schema phase migrates to v2_0_0, then its
+    expectation (a test-only plan: a column that never comes) fails. The automatic rollback downgrades the
+    schema with 1.0.0 serving (its explicit column list never reads the dropped columns); a request loop
+    through nginx across all of it: zero failed requests, only 1.0.0 from blue, blue's configuration byte for
+    byte, the same content and revision as before."""
+    releases = build_releases(tmp_path / "releases")
+    stack = new_stack(tmp_path / "deploy", releases)
+    plans = write_plan(tmp_path, schema_expects_a_missing_column)
+    try:
+        variables = {**rb_vars(pg, reference_db, tmp_path, plans), **stack.variables(pg, reference_db)}
+        live = run_playbook("playbooks/app_release.yml", tmp_path,
+                            {**variables, "blue_green_release_version": "1.0.0", "blue_green_expect_revision": ""})
+        assert live.rc == 0, live.output[-4000:]
+        blue_config = stack.deploy / "colours" / "blue" / "config"
+        config_before = config_digest(blue_config)
+        programs_before = stack.programs()
+        before = checksums(pg, reference_db)
+        with Traffic(stack.url, ["/health", "/predictions/1"], threads=3, requests=200_000,
+                     min_requests=300) as loop:
+            res = run_playbook("migrate.yml", tmp_path, variables, timeout=2400)
+        out = text(res)
+        assert res.rc != 0 and "The schema phase failed at" in out and "no_such_column" in out, out[-4000:]
+        assert "rolling back automatically" in out and "Rollback: rolled back automatically:" in out
+        assert loop.failures == [], loop.failures[:5]
+        assert {a.version for a in loop.answers} == {"1.0.0"} and {a.colour for a in loop.answers} == {"blue"}
+        assert stack.health() == {"status": "ok", "version": "1.0.0", "colour": "blue", "db_revision": "v1_0_0"}
+        assert config_digest(blue_config) == config_before
+        assert stack.programs() == programs_before  # nothing started, stopped or restarted
+    finally:
+        stack.stop()
+    assert checksums(pg, reference_db) == before
+    assert revision(pg, reference_db) == "v1_0_0"
+    (run_id, _, status, phases, error), *rest = runs(pg, reference_db)
+    assert status == "rolled_back" and phases["schema"]["status"] == "failed" and "schema phase failed" in error
+    assert f"Run #{run_id} (2.0.0) is rolled back automatically" in out
+    rollback = phases["rollback"]
+    assert rollback["status"] == "succeeded" and rollback["facts"]["strategy"] == "downgrade"
+    assert any("downgraded" in u for u in rollback["facts"]["undone"]), rollback["facts"]["undone"]
+    assert [(r[1], r[2]) for r in rest] == [("rollback", "succeeded")]
+    assert lock_rows(pg, reference_db) == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # 5. kill -9 of ansible-playbook in the data phase, then rollback.yml
 # ---------------------------------------------------------------------------------------------
