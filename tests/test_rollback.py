@@ -557,6 +557,37 @@ def test_rollback_after_kill_9_in_the_data_phase(pg, reference_db, tmp_path):
     assert lock_rows(pg, reference_db) == 0
 
 
+def test_migrate_after_kill_9_in_the_data_phase_resumes(pg, reference_db, tmp_path):
+    """The same kill as above, followed by a new migrate.yml instead of rollback.yml: refused while the orphaned
+    backfill still works, then it takes the dead run's lock over (-e break_lock=true) and resumes the backfill
+    from its checkpoint: the rows the killed run committed are not done again, every row is done."""
+    plans = write_plan(tmp_path, slow_backfill)
+    variables = rb_vars(pg, reference_db, tmp_path, plans)
+    name = PLAN["backfills"][0]["name"]
+    proc, _log = start_playbook(tmp_path, "migrate.yml", variables)
+    try:
+        wait_for_batches(pg, reference_db, name, 3, timeout=900)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # ansible-playbook and everything in its group
+        proc.wait()
+    killed = query(pg, reference_db, "SELECT run_id FROM migration_ops.lock")[0][0]
+    deadline = time.monotonic() + 300
+    while True:
+        res = run_playbook("migrate.yml", tmp_path, {**variables, "break_lock": True})
+        if res.rc == 0 or "is still live" not in text(res) or time.monotonic() > deadline:
+            break
+    assert res.rc == 0, res.output[-4000:]
+    assert revision(pg, reference_db) == "v2_0_0"
+    assert query(pg, reference_db, "SELECT count(*) FROM predictions WHERE feature_importance IS NULL")[0][0] == 0
+    rows = runs(pg, reference_db)
+    (killed_id, _, killed_status, _, killed_error), (resumed_id, _, status, phases, _) = rows
+    assert killed_id == killed and killed_status == "failed" and "lock broken" in (killed_error or "")
+    assert status == "succeeded" and resumed_id != killed
+    total = query(pg, reference_db, "SELECT count(*) FROM predictions")[0][0]
+    assert 0 < phases["data"]["facts"]["rows_updated"] < total  # resumed, not started over
+    assert lock_rows(pg, reference_db) == 0
+
+
 def test_automatic_rollback_refused_is_recorded_and_said(pg, reference_db, tmp_path):
     """No backup (the plan turns it off) and a backfill that changed rows: the restore the policy asks for is
     refused before anything changes, and the refusal is in the output, the ledger and the report."""
