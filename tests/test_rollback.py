@@ -332,14 +332,26 @@ def test_failed_phase_is_rolled_back_automatically(pg, reference_db, tmp_path, p
     assert any("2.0.0 rolled back" in p and "automatic: True" in p for p in posts), posts
 
 
+def migrate_under_traffic(stack, variables: dict, tmp_path: Path, paths=("/health", "/predictions/1")):
+    """migrate.yml while 3 clients loop through nginx: (its result, its folded output, the loop)."""
+    with Traffic(stack.url, list(paths), threads=3, requests=200_000, min_requests=300) as loop:
+        res = run_playbook("migrate.yml", tmp_path, variables, timeout=2400)
+    return res, text(res), loop
+
+
+def live_blue(variables: dict, tmp_path: Path) -> None:
+    """Release 1.0.0 live on blue behind nginx (playbooks/app_release.yml)."""
+    live = run_playbook("playbooks/app_release.yml", tmp_path,
+                        {**variables, "blue_green_release_version": "1.0.0", "blue_green_expect_revision": ""})
+    assert live.rc == 0, live.output[-4000:]
+
+
 def live_blue_and_configured_green(stack, variables: dict, tmp_path: Path) -> tuple[dict, dict]:
     """Release 1.0.0 live on blue behind nginx, and on green the configuration an earlier deploy left there
     (1.0.1, refused by its health check: it waited for a revision that never comes). The migration deploys
     into green, replacing that configuration, so the rollback has a previous configuration to put back.
     Returns both colours' configuration directories and their digests."""
-    live = run_playbook("playbooks/app_release.yml", tmp_path,
-                        {**variables, "blue_green_release_version": "1.0.0", "blue_green_expect_revision": ""})
-    assert live.rc == 0, live.output[-4000:]
+    live_blue(variables, tmp_path)
     earlier = run_playbook("playbooks/app_release.yml", tmp_path,
                            {**variables, "blue_green_release_version": "1.0.1", "blue_green_expect_revision": "v9_9_9",
                             "blue_green_health_retries": 1})
@@ -391,9 +403,7 @@ def test_failed_deploy_is_rolled_back_with_the_old_release_serving_throughout(pg
         before = checksums(pg, reference_db)
         install_fault(releases / "football_prediction_api-2.0.0-py3-none-any.whl",
                       stack.deploy / "colours" / "green" / "releases" / "2.0.0")
-        with Traffic(stack.url, paths, threads=3, requests=200_000, min_requests=300) as loop:
-            res = run_playbook("migrate.yml", tmp_path, variables, timeout=2400)
-        out = text(res)
+        res, out, loop = migrate_under_traffic(stack, variables, tmp_path, paths)
         assert res.rc != 0 and "The deploy phase failed at" in out, out[-4000:]
         assert all(m in out for m in messages), (messages, out[-4000:])
         assert "rolling back automatically" in out and "Rollback: rolled back automatically:" in out
@@ -446,10 +456,7 @@ def test_failed_validation_after_the_switch_sends_traffic_back_with_no_failed_re
         variables = {**rb_vars(pg, reference_db, tmp_path, plans), **stack.variables(pg, reference_db)}
         configs, digests = live_blue_and_configured_green(stack, variables, tmp_path)
         before = checksums(pg, reference_db)
-        with Traffic(stack.url, ["/health", "/predictions/1"], threads=3, requests=200_000,
-                     min_requests=300) as loop:
-            res = run_playbook("migrate.yml", tmp_path, variables, timeout=2400)
-        out = text(res)
+        res, out, loop = migrate_under_traffic(stack, variables, tmp_path)
         assert res.rc != 0 and "The validate phase failed at" in out and "rollback_test_fails" in out, out[-4000:]
         assert "to green (2.0.0)" in out  # the switch happened before the validation failed
         assert "rolling back automatically" in out and "Rollback: rolled back automatically:" in out
@@ -488,17 +495,12 @@ def test_failed_schema_phase_is_downgraded_with_the_old_release_serving_througho
     plans = write_plan(tmp_path, schema_expects_a_missing_column)
     try:
         variables = {**rb_vars(pg, reference_db, tmp_path, plans), **stack.variables(pg, reference_db)}
-        live = run_playbook("playbooks/app_release.yml", tmp_path,
-                            {**variables, "blue_green_release_version": "1.0.0", "blue_green_expect_revision": ""})
-        assert live.rc == 0, live.output[-4000:]
+        live_blue(variables, tmp_path)
         blue_config = stack.deploy / "colours" / "blue" / "config"
         config_before = config_digest(blue_config)
         programs_before = stack.programs()
         before = checksums(pg, reference_db)
-        with Traffic(stack.url, ["/health", "/predictions/1"], threads=3, requests=200_000,
-                     min_requests=300) as loop:
-            res = run_playbook("migrate.yml", tmp_path, variables, timeout=2400)
-        out = text(res)
+        res, out, loop = migrate_under_traffic(stack, variables, tmp_path)
         assert res.rc != 0 and "The schema phase failed at" in out and "no_such_column" in out, out[-4000:]
         assert "rolling back automatically" in out and "Rollback: rolled back automatically:" in out
         assert loop.failures == [], loop.failures[:5]
