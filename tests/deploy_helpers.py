@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import stat
 import subprocess
 import time
@@ -148,28 +147,9 @@ class Stack:
         stop_services(self.deploy)
 
 
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port_run(count: int) -> int:
-    """The first of `count` consecutive free ports: the rolling instances listen on base, base+1, ...
-    (a single free base port let instance 2 meet another server's port: 'Address already in use')."""
-    for _ in range(100):
-        base = free_port()
-        if base + count < 65536 and all(port_is_free(base + i) for i in range(1, count)):
-            return base
-    raise AssertionError(f"no {count} consecutive free ports on 127.0.0.1")
-
-
 def new_stack(base: Path, releases: Path) -> Stack:
     ports = {"blue": free_port(), "green": free_port()}
-    return Stack(base=base, nginx_port=free_port(), ports=ports, rolling_base=free_port_run(4), releases=releases)
+    return Stack(base=base, nginx_port=free_port(), ports=ports, rolling_base=free_port(4), releases=releases)
 
 
 def _kill_pidfile(pidfile: Path, sig: int) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from pgcluster import free_port
 from psycopg2 import sql
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -353,12 +354,6 @@ def test_seed_appends_and_keeps_ids_consistent_without_if_empty(pg, fresh_db):
 
 
 # --- the API ----------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def get(port: int, path: str) -> tuple[int, dict]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,14 +12,11 @@ from pathlib import Path
 
 import yaml
 from conftest import APP_DIR, ROOT, alembic
+from pgcluster import free_port
 
 PLAN = yaml.safe_load((ROOT / "migrations" / "2.0.0.yml").read_text())
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def query(pg, db, statement, params=()):

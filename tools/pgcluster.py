@@ -48,10 +48,60 @@ def pg_bindir() -> Path:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Ports the project's own defaults use (nginx 18080, the colours 18081/18082, rolling from 18091):
+# a test or a throw-away cluster never takes them, so `make demo` can run beside the tests.
+_PROJECT_PORTS = range(18000, 18200)
+_LOWEST_PORT = 20000
+_cursor: dict[str, int] = {}  # where this process's walk through its slice of ports stands
+
+
+def ephemeral_port_range() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections (ip_local_port_range)."""
+    try:
+        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return low, high
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(count: int = 1) -> int:
+    """The first of `count` consecutive loopback ports, free now, for a server started later.
+
+    Never a port of the kernel's ephemeral range: a port picked there (bind to port 0) is free at
+    set-up, but any outgoing connection made before the server starts (nginx to an upstream, a
+    client, libpq) may take it as its local port, and the server then fails with 'Address already
+    in use' (seen in CI: rolling-2's port taken during a request loop).  Ports come from below that
+    range; each pytest-xdist worker walks its own slice of it, so two workers never hand out the
+    same port, and one process never hands out a port twice until its slice wraps."""
+    low, high = ephemeral_port_range()
+    start, end = (_LOWEST_PORT, low) if low - _LOWEST_PORT >= 2000 else (high + 1, 65536)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if worker.startswith("gw") and worker[2:].isdigit() and workers > 1:
+        size = (end - start) // workers
+        start = start + int(worker[2:]) * size
+        end = start + size
+    span = end - start - count
+    if not start <= _cursor.get("next", -1) < end - count:
+        _cursor["next"] = start + secrets.randbelow(span)
+    for _ in range(span):
+        base = _cursor["next"]
+        _cursor["next"] = start + (base - start + count) % span
+        ports = range(base, base + count)
+        if any(p in _PROJECT_PORTS for p in ports):
+            continue
+        if all(port_is_free(p) for p in ports):
+            return base
+    raise RuntimeError(f"no {count} consecutive free loopback ports in {start}-{end - 1}")
 
 
 class Cluster:
