@@ -154,9 +154,30 @@ options:
     type: int
     default: 10
   workers:
-    description: Connections working on disjoint key ranges, each with its own checkpoint.
+    description: Connections working on disjoint key ranges, each with its own checkpoint. With a foreground
+      budget (O(max_foreground_p99_ms)) the batches that run at once start at this number.
     type: int
     default: 1
+  max_workers:
+    description:
+      - The most batches the foreground budget may let run at once; the key space is split into this many
+        ranges (each with its own connection and checkpoint). Default O(workers).
+    type: int
+  max_foreground_p99_ms:
+    description:
+      - The application's latency budget while the backfill runs, in milliseconds. A probe connection times a
+        cheap indexed read of the target every 20 ms (a key a batch has just written); about once a second the
+        p99 of the latest probes steers the pace. Over the budget, one worker fewer, then shorter batches (down
+        to 20 ms), then longer pauses (up to O(max_pause_ms)); under half of it, the same steps back, up to
+        O(target_batch_ms) and O(max_workers). The current workers, batch time, pause and measured p99 are in
+        every progress line and in the metrics; RV(pace) sums up the run.
+      - V(0) turns the budget off (the plan's settings hold for the whole run).
+    type: float
+    default: 100
+  max_pause_ms:
+    description: The longest pause between a worker's batches the foreground budget may set.
+    type: int
+    default: 1000
   max_replication_lag_s:
     description: Hold while a standby in C(pg_stat_replication) lags more than this many seconds.
     type: float
@@ -323,6 +344,18 @@ max_lock_ms:
   description: Longest time a batch held row locks (from its UPDATE to its commit), in milliseconds.
   returned: success
   type: float
+pace:
+  description:
+    - What the foreground budget (O(max_foreground_p99_ms)) measured and chose. V(foreground_p99_ms) and
+      V(foreground_p50_ms) over every probe of the run; V(workers), V(target_batch_ms) and V(pause_ms) at the
+      end; the values each of them took (V(workers_used), V(batch_ms_used), V(pause_ms_used)); the number of
+      V(decisions) and the V(last_decisions); V(over_budget_at_slowest) counts the decisions that found the
+      budget exceeded with nothing left to slow down.
+  returned: when batches ran
+  type: dict
+  sample: {budget_ms: 10.0, enabled: true, probes: 1450, foreground_p99_ms: 6.1, foreground_p50_ms: 0.4,
+           workers: 1, max_workers: 2, target_batch_ms: 50.0, pause_ms: 0.0, workers_used: [1, 2],
+           batch_ms_used: [50.0, 100.0], pause_ms_used: [0.0], decisions: 3, over_budget_at_slowest: 0}
 rows_retried:
   description: Rows of committed batches that a Python transform read and transformed again because another
     session changed them between the batch's read and its write (0 for O(set)).
@@ -388,7 +421,8 @@ from ansible.module_utils.pgmigrate_sql import HAS_PGLAST, PGLAST_IMP_ERR, backf
 
 SPEC_OPTIONS = ("name", "table", "key", "set", "python", "python_path", "columns", "read_columns", "where",
                 "incremental", "batch_size", "min_batch_size", "max_batch_size", "target_batch_ms", "pause_ms",
-                "lock_timeout", "statement_timeout", "max_retries", "workers", "max_replication_lag_s",
+                "lock_timeout", "statement_timeout", "max_retries", "workers", "max_workers", "max_foreground_p99_ms",
+                "max_pause_ms", "max_replication_lag_s",
                 "hold_on_autovacuum", "max_archive_backlog", "required_holds", "hold_poll_s", "max_hold_s",
                 "progress_file", "metrics_file", "progress_interval_s", "run_id", "controller_pid",
                 "controller_pid_start", "controller_host", "progress_token", "restart", "ops_schema",
@@ -422,6 +456,9 @@ def argument_spec() -> dict:
         statement_timeout=dict(type="str", default=defaults["statement_timeout"]),
         max_retries=dict(type="int", default=defaults["max_retries"]),
         workers=dict(type="int", default=defaults["workers"]),
+        max_workers=dict(type="int"),
+        max_foreground_p99_ms=dict(type="float", default=defaults["max_foreground_p99_ms"]),
+        max_pause_ms=dict(type="int", default=defaults["max_pause_ms"]),
         max_replication_lag_s=dict(type="float"),
         hold_on_autovacuum=dict(type="bool", default=defaults["hold_on_autovacuum"]),
         max_archive_backlog=dict(type="int"),
@@ -448,9 +485,12 @@ def validate_numbers(module, p: dict) -> None:
     for name in ("batch_size", "min_batch_size", "max_batch_size", "target_batch_ms", "workers"):
         if p[name] < 1:
             module.fail_json(msg=f"{name} must be at least 1, got {p[name]}")
-    for name in ("pause_ms", "max_retries"):
+    for name in ("pause_ms", "max_retries", "max_foreground_p99_ms", "max_pause_ms"):
         if p[name] < 0:
             module.fail_json(msg=f"{name} must not be negative, got {p[name]}")
+    if p["max_workers"] is not None and p["max_workers"] < p["workers"]:
+        module.fail_json(msg=f"max_workers ({p['max_workers']}) must be at least workers ({p['workers']}): "
+                             "the foreground budget starts at workers and raises up to max_workers")
     if p["set"] is not None:
         bad = [c for c, e in p["set"].items() if not isinstance(e, str) or not e.strip()]
         if bad:

@@ -25,6 +25,11 @@ How a backfill runs:
 * The batch size adapts toward ``target_batch_ms`` (shrink fast when a batch is slow, grow
   by at most 20 % when it is fast), a lock timeout halves the batch and retries, and health
   holds (replication lag, vacuum on the table, WAL archive backlog) wait and say why.
+* A foreground latency budget (``max_foreground_p99_ms``): a probe connection times a cheap
+  query on the target (a key the backfill has just written) every 20 ms, and about once a
+  second the p99 of the latest probes steers the pace: over the budget, one worker fewer, then
+  shorter batches, then longer pauses; under half of it, the same steps back up to the plan's
+  batch time and ``max_workers``.  The decisions show in the progress lines and metrics.
 * Optional workers split the key space into disjoint ranges, each with its own
   connection, thread and checkpoint row (psycopg2 releases the GIL while it waits).
 * Progress goes to a JSON-lines file (``tail -f``) and to a Prometheus textfile.
@@ -37,9 +42,12 @@ import importlib
 import io
 import json
 import os
+import random
 import sys
 import threading
 import time
+from collections import deque
+from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Callable
 
@@ -71,6 +79,9 @@ READ_TABLE = "pgmigrate_backfill_read"  # per connection: the key and the guarde
 TEMP_TABLE = "pgmigrate_backfill_rows"  # per connection: the key and the new values from the Python transform
 TMP_PREFIX = "pgmigrate_"  # the temp tables' column names, apart from any target column a filter may name
 WATCH_INTERVAL_S = 1.0  # how often a running backfill checks that its controlling playbook lives
+PROBE_INTERVAL_S = 0.02  # the pace's foreground probe: one cheap query on the target every 20 ms
+PACE_MIN_SAMPLES = 50  # probes behind each pace decision (about a second of them)
+PACE_FLOOR_BATCH_MS = 20  # the shortest batch the pace asks for (per-batch overhead dominates below)
 RETRYABLE_SQLSTATES = {"55P03": "lock timeout", "40P01": "deadlock", "40001": "serialization failure",
                        "57014": "statement timeout"}
 
@@ -111,6 +122,9 @@ class Spec:
     statement_timeout: str = "1min"
     max_retries: int = 10
     workers: int = 1
+    max_workers: int | None = None
+    max_foreground_p99_ms: float = 100.0
+    max_pause_ms: int = 1000
     max_replication_lag_s: float | None = None
     hold_on_autovacuum: bool = False
     max_archive_backlog: int | None = None
@@ -627,6 +641,11 @@ METRIC_HELP = {
     "pgmigrate_backfill_last_batch_seconds": ("gauge", "Duration of the last batch transaction."),
     "pgmigrate_backfill_batch_size": ("gauge", "Current (adaptive) batch size."),
     "pgmigrate_backfill_last_update_timestamp_seconds": ("gauge", "Unix time of the last progress update."),
+    "pgmigrate_backfill_workers_active": ("gauge", "Batches the pace lets run at once (max_foreground_p99_ms)."),
+    "pgmigrate_backfill_target_batch_seconds": ("gauge", "Batch duration the pace aims at now."),
+    "pgmigrate_backfill_pause_seconds": ("gauge", "Pause between a worker's batches the pace sets now."),
+    "pgmigrate_backfill_foreground_p99_seconds": ("gauge", "p99 of the pace's latest foreground probes."),
+    "pgmigrate_backfill_foreground_budget_seconds": ("gauge", "The foreground p99 budget (max_foreground_p99_ms)."),
 }
 
 
@@ -661,6 +680,7 @@ class Progress:
         self.max_lock_ms = 0.0
         self.last_emit = 0.0
         self.finished = False
+        self.pace: Pace | None = None  # the foreground latency budget's decisions, in every line
         if spec.progress_file:
             os.makedirs(os.path.dirname(os.path.abspath(spec.progress_file)), exist_ok=True)
 
@@ -732,7 +752,8 @@ class Progress:
                     "token": self.spec.progress_token, "pid": os.getpid(), **figures,
                     "batches": self.batches_before + self.batches, "batch_size": self.batch_size,
                     "batch_ms": round(self.last_batch_ms, 1), "retries": self.retries,
-                    "rows_retried": self.rows_retried, "holds": self.holds, **extra}
+                    "rows_retried": self.rows_retried, "holds": self.holds,
+                    **(self.pace.snapshot() if self.pace is not None else {}), **extra}
             if self.spec.progress_file:
                 with open(self.spec.progress_file, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(line, default=str) + "\n")
@@ -754,6 +775,16 @@ class Progress:
             "pgmigrate_backfill_batch_size": self.batch_size,
             "pgmigrate_backfill_last_update_timestamp_seconds": round(time.time(), 3),
         }
+        pace = self.pace.snapshot() if self.pace is not None else {}
+        if pace:
+            values.update({
+                "pgmigrate_backfill_workers_active": pace["workers_active"],
+                "pgmigrate_backfill_target_batch_seconds": pace["target_batch_ms"] / 1000.0,
+                "pgmigrate_backfill_pause_seconds": pace["pause_ms"] / 1000.0,
+                "pgmigrate_backfill_foreground_p99_seconds":
+                    float("nan") if pace["foreground_p99_ms"] is None else pace["foreground_p99_ms"] / 1000.0,
+                "pgmigrate_backfill_foreground_budget_seconds": pace["foreground_budget_ms"] / 1000.0,
+            })
         metrics = [{"name": name, "type": METRIC_HELP[name][0], "help": METRIC_HELP[name][1],
                     "samples": [(labels, value)]} for name, value in values.items()]
         try:  # one file for every backfill (and database): this backfill's series replace only its own
@@ -878,6 +909,225 @@ class HealthGate:
 
 
 # ---------------------------------------------------------------------------------------
+# The foreground latency budget
+# ---------------------------------------------------------------------------------------
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..1) of the values, None when there are none."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, -(-int(q * 1000) * len(ordered) // 1000))  # ceil(q * n) without float rounding
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+class Pace:
+    """Keeps the application's latency within ``max_foreground_p99_ms`` while the backfill runs.
+
+    A probe thread with its own connection times a cheap, indexed read of the target (a key a
+    batch has just written, where the backfill's work is; ``SELECT 1`` before the first batch)
+    every PROBE_INTERVAL_S.  Once PACE_MIN_SAMPLES probes have come in since the last decision, their p99 decides:
+
+    * over the budget: one worker fewer; at one worker, shorter batches (half, down to
+      PACE_FLOOR_BATCH_MS); at the shortest batch, longer pauses (doubled, up to ``max_pause_ms``);
+    * under half the budget: the same steps back: shorter pauses, longer batches (up to the
+      plan's ``target_batch_ms``), one worker more (up to ``max_workers``);
+    * in between: no change.
+
+    The probes after a decision are the ones the next decision reads, so each step is judged by
+    its own effect.  Workers take a slot per batch: at most ``workers`` batches run at once, the
+    key ranges of the others wait at their batch boundary.  With the budget at 0 nothing is probed
+    and the plan's settings hold."""
+
+    def __init__(self, spec: Spec, target: Target, stmts: Statements, connect: Callable[[], Any],
+                 ranges: int) -> None:
+        self.spec = spec
+        self.stmts = stmts
+        self.target = target
+        self.connect = connect
+        self.budget = float(spec.max_foreground_p99_ms or 0)
+        self.enabled = self.budget > 0
+        self.most = max(1, ranges)
+        self.workers = max(1, min(spec.workers, self.most))
+        self.ceiling_ms = float(spec.target_batch_ms)
+        self.floor_ms = float(min(spec.target_batch_ms, PACE_FLOOR_BATCH_MS))
+        self.batch_ms = self.ceiling_ms
+        self.min_pause = float(spec.pause_ms)
+        self.max_pause = float(max(spec.max_pause_ms, spec.pause_ms))
+        self.pause_ms = self.min_pause
+        self.cond = threading.Condition()
+        self.running = 0
+        self.keys: deque = deque(maxlen=256)
+        self.window: list[float] = []
+        self.samples: list[float] = []  # every probe of the run (for the result's p99), at most 200,000
+        self.probes = 0
+        self.failed_probes = 0
+        self.p99: float | None = None
+        self.decisions: list[dict] = []
+        self.used = {"workers": {self.workers}, "batch_ms": {self.batch_ms}, "pause_ms": {self.pause_ms}}
+        self.at_floor_over = 0  # decisions that found the budget exceeded with nothing left to slow down
+        self.note: str | None = None
+        self.progress: Progress | None = None
+        self.done = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.rng = random.Random()  # which key to probe next: not a secret
+
+    # -- the workers' side -----------------------------------------------------------
+    @contextmanager
+    def slot(self, stop: threading.Event):
+        """Wait for a free batch slot (True) or for stop (False); the slot is given back on exit."""
+        with self.cond:
+            while self.running >= self.workers and not stop.is_set():
+                self.cond.wait(0.2)
+            if stop.is_set():
+                taken = False
+            else:
+                self.running += 1
+                taken = True
+        try:
+            yield taken
+        finally:
+            if taken:
+                with self.cond:
+                    self.running -= 1
+                    self.cond.notify_all()
+
+    def wrote(self, key: list | None) -> None:
+        if key is not None and self.enabled:
+            self.keys.append(tuple(key))
+
+    def pause_s(self) -> float:
+        return max(self.pause_ms, self.min_pause) / 1000.0
+
+    # -- the probe thread --------------------------------------------------------------
+    def start(self, progress: Progress) -> None:
+        self.progress = progress
+        if not self.enabled:
+            return
+        if self.spec.python:
+            # The transform holds the GIL in slices of the switch interval (5 ms by default): a probe
+            # returning meanwhile would count that wait as the server's.
+            sys.setswitchinterval(0.0005)
+        self.thread = threading.Thread(target=self.run, name="backfill-pace", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.done.set()
+        if self.thread is not None:
+            self.thread.join(timeout=10)
+
+    def run(self) -> None:
+        try:
+            conn = self.connect()
+            conn.autocommit = True
+        except Exception as exc:  # the backfill goes on at the plan's settings and says why
+            self.disable(f"its probe connection failed ({' '.join(str(exc).split())[:200]})")
+            return
+        by_key = sql.SQL("SELECT 1 FROM {} WHERE {} = {}").format(self.target.ident, self.stmts.key_expr(),
+                                                                  self.stmts.key_param())
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET statement_timeout = %s", (f"{max(int(self.budget * 20), 1000)}ms",))
+                while not self.done.wait(PROBE_INTERVAL_S):
+                    key = self.rng.choice(self.keys) if self.keys else None
+                    t0 = time.perf_counter()
+                    try:
+                        if key is None:
+                            cur.execute("SELECT 1")
+                        else:
+                            cur.execute(by_key, list(key))
+                        cur.fetchall()
+                        ms = (time.perf_counter() - t0) * 1000.0
+                    except psycopg2.errors.QueryCanceled:
+                        ms = (time.perf_counter() - t0) * 1000.0  # slower than the statement timeout: counts
+                        self.failed_probes += 1
+                    self.observe(ms)
+        except Exception as exc:
+            self.disable(f"its probe stopped ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})")
+        finally:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    def disable(self, why: str) -> None:
+        with self.cond:
+            self.enabled = False
+            self.note = (f"backfill {self.spec.name}: the foreground latency budget (max_foreground_p99_ms="
+                         f"{self.budget:g}) is not kept: {why}; the backfill goes on at the pace it had")
+        if self.progress is not None:
+            self.progress.emit("warning", force=True, warning=self.note)
+
+    def observe(self, ms: float) -> None:
+        self.probes += 1
+        self.window.append(ms)
+        if len(self.samples) < 200_000:
+            self.samples.append(ms)
+        if len(self.window) >= PACE_MIN_SAMPLES:
+            p99 = percentile(self.window, 0.99)
+            self.window = []
+            self.decide(p99)
+
+    def decide(self, p99: float) -> None:
+        with self.cond:
+            self.p99 = p99
+            before = (self.workers, self.batch_ms, self.pause_ms)
+            if p99 > self.budget:
+                if self.workers > 1:
+                    self.workers -= 1
+                elif self.batch_ms > self.floor_ms:
+                    self.batch_ms = max(self.floor_ms, self.batch_ms / 2)
+                elif self.pause_ms < self.max_pause:
+                    self.pause_ms = min(self.max_pause, max(self.pause_ms * 2, self.floor_ms))
+                else:
+                    self.at_floor_over += 1
+            elif p99 < self.budget / 2:
+                if self.pause_ms > self.min_pause:
+                    self.pause_ms = self.pause_ms / 2 if self.pause_ms / 2 >= 5 else self.min_pause
+                    self.pause_ms = max(self.pause_ms, self.min_pause)
+                elif self.batch_ms < self.ceiling_ms:
+                    self.batch_ms = min(self.ceiling_ms, self.batch_ms * 1.5)
+                elif self.workers < self.most:
+                    self.workers += 1
+            after = (self.workers, self.batch_ms, self.pause_ms)
+            if after == before:
+                return
+            self.used["workers"].add(self.workers)
+            self.used["batch_ms"].add(self.batch_ms)
+            self.used["pause_ms"].add(self.pause_ms)
+            decision = {"foreground_p99_ms": round(p99, 2), "workers": self.workers,
+                        "target_batch_ms": round(self.batch_ms, 1), "pause_ms": round(self.pause_ms, 1),
+                        "why": "over the budget" if p99 > self.budget else "under half the budget"}
+            if len(self.decisions) < 1000:
+                self.decisions.append(decision)
+            self.cond.notify_all()
+        if self.progress is not None:
+            self.progress.emit("pace", force=True, decision=decision["why"])
+
+    # -- reporting ------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        """The pace's figures for a progress line."""
+        if not self.spec.max_foreground_p99_ms:
+            return {}
+        return {"workers_active": self.workers, "target_batch_ms": round(self.batch_ms, 1),
+                "pause_ms": round(self.pause_ms, 1),
+                "foreground_p99_ms": None if self.p99 is None else round(self.p99, 2),
+                "foreground_budget_ms": self.budget}
+
+    def result(self) -> dict:
+        return {"budget_ms": self.budget, "enabled": bool(self.spec.max_foreground_p99_ms) and self.note is None,
+                "probes": self.probes, "probes_timed_out": self.failed_probes,
+                "foreground_p99_ms": None if not self.samples else round(percentile(self.samples, 0.99), 2),
+                "foreground_p50_ms": None if not self.samples else round(percentile(self.samples, 0.5), 2),
+                "workers": self.workers, "max_workers": self.most, "target_batch_ms": round(self.batch_ms, 1),
+                "pause_ms": round(self.pause_ms, 1),
+                "workers_used": sorted(self.used["workers"]),
+                "batch_ms_used": sorted(round(v, 1) for v in self.used["batch_ms"]),
+                "pause_ms_used": sorted(round(v, 1) for v in self.used["pause_ms"]),
+                "decisions": len(self.decisions), "last_decisions": self.decisions[-20:],
+                "over_budget_at_slowest": self.at_floor_over, "note": self.note}
+
+
+# ---------------------------------------------------------------------------------------
 # The engine
 # ---------------------------------------------------------------------------------------
 @dataclass
@@ -902,6 +1152,7 @@ class Backfill:
         self.warnings: list[str] = []
         self.stop_reason: str | None = None
         self.blind: dict[str, str] = {}
+        self.pace: Pace | None = None
 
     def close(self) -> None:
         try:
@@ -1102,7 +1353,7 @@ class Backfill:
         since = self.incremental_since(cur, rows)
         last_success = rows[0]["last_success_at"] if rows else None
         lo = self.incremental_start(cur, since) if since is not None else None
-        bounds = self.split(cur, lo, spec.workers)
+        bounds = self.split(cur, lo, max(spec.workers, spec.max_workers or spec.workers))
         ranges = list(zip([lo, *bounds], [*bounds, None]))
         cur.execute(sql.SQL("DELETE FROM {} WHERE backfill = %s").format(ck), (spec.name,))
         cur.execute("SELECT now()")
@@ -1230,6 +1481,8 @@ class Backfill:
                             sum(r["rows_updated"] for r in before), sum(r["batches"] for r in before), estimates,
                             database=conn.info.dbname)
         self.progress = progress
+        self.pace = Pace(spec, self.target, self.stmts, self.connect, len(states))
+        progress.pace = self.pace
         progress.emit("resume" if resumed else "start", force=True, since=jsonable(since),
                       workers=len(states))
         for kind, text in self.blind.items():  # a hold that cannot see says so in the progress log too
@@ -1281,6 +1534,7 @@ class Backfill:
             "max_lock_ms": round(progress.max_lock_ms, 1),
             "batch_size": progress.batch_size,
             "workers": len(states),
+            "pace": self.pace.result() if self.pace is not None else None,
             "resumed": resumed,
             "skipped_scan": skip,
             "since": jsonable(since),
@@ -1362,6 +1616,8 @@ class Backfill:
         errors: list[BaseException] = []
         gate = HealthGate(self.spec, self.target, self.blind)
         self.gate = gate
+        pace = self.pace
+        pace.start(progress)
 
         def watch() -> None:
             """Stop every worker at its next batch boundary once the controller is gone."""
@@ -1395,9 +1651,18 @@ class Backfill:
             for t in threads:
                 t.join()
         finished.set()
+        pace.stop()
         if watchdog is not None:
             watchdog.join()
         self.warnings.extend(gate.notes)
+        if pace.note:
+            self.warnings.append(pace.note)
+        if pace.at_floor_over:
+            self.warnings.append(
+                f"backfill {self.spec.name}: the foreground p99 stayed over max_foreground_p99_ms="
+                f"{pace.budget:g} ms at the slowest pace (1 worker, {pace.floor_ms:g} ms batches, {pace.max_pause:g} "
+                f"ms pauses) in {pace.at_floor_over} decision(s): that latency is not the backfill's alone. "
+                "Raise max_pause_ms to slow it further, or check what else loads the server")
         return errors[0] if errors else None
 
 
@@ -1429,12 +1694,18 @@ class Worker:
                         cur.execute(statement)
                 conn.commit()
             consecutive_retries = 0
+            pace = self.engine.pace
             while not self.stop.is_set():
                 self.wait_until_healthy(conn)
                 if self.stop.is_set():
                     break
                 try:
-                    exhausted = self.batch(conn)
+                    with pace.slot(self.stop) as taken:  # at most the pace's number of batches at once
+                        if not taken:
+                            break
+                        self.sizer.target = pace.batch_ms
+                        exhausted = self.batch(conn)
+                    pace.wrote(self.state.last_key)
                     consecutive_retries = 0
                 except BackfillError as exc:
                     self.safe_rollback(conn)
@@ -1456,8 +1727,9 @@ class Worker:
                 if exhausted:
                     self.progress.worker_finished(self.state.worker)
                     return
-                if self.spec.pause_ms:
-                    time.sleep(self.spec.pause_ms / 1000.0)
+                pause = pace.pause_s()
+                if pause > 0:
+                    self.stop.wait(pause)
         except BackfillError:
             raise
         except Exception as exc:  # SQL errors at run time (a cast, a constraint), a broken connection

@@ -77,6 +77,11 @@ BACKFILL_SPEC = {
         "statement_timeout": {"type": "str", "pattern": DURATION_RE},
         "max_retries": {"type": "int", "min": 0},
         "workers": {"type": "int", "min": 1},
+        "max_workers": {"type": "int", "min": 1,
+                        "doc": "the most workers the foreground budget may raise to (default: workers)"},
+        "max_foreground_p99_ms": {"type": "number", "min": 0,
+                                  "doc": "the application's p99 latency budget while the backfill runs (0: off)"},
+        "max_pause_ms": {"type": "int", "min": 0, "doc": "the longest pause the foreground budget may set"},
         "max_replication_lag_s": {"type": "number", "min": 0},
         "hold_on_autovacuum": {"type": "bool"},
         "max_archive_backlog": {"type": "int", "min": 0},
@@ -224,6 +229,11 @@ def validate_plan(plan: Any, expected_version: str | None = None) -> list[str]:
             errors.append(f"backfills[{i}] ({backfill['name']}): give exactly one of 'set' (SQL expressions) "
                           "or 'python' (module:function)")
         errors.extend(required_holds_problems(backfill, f"backfills[{i}] ({backfill['name']})"))
+        where = f"backfills[{i}] ({backfill['name']})"
+        for low, high in (("min_batch_size", "max_batch_size"), ("workers", "max_workers")):
+            if low in backfill and high in backfill and backfill[low] > backfill[high]:
+                errors.append(f"{where}: {low} ({backfill[low]}) is larger than {high} ({backfill[high]}); "
+                              f"give a {high} of at least {backfill[low]}")
     checks = [c["name"] for c in plan.get("validation", {}).get("checks", [])]
     for dup in sorted({n for n in checks if checks.count(n) > 1}):
         errors.append(f"validation.checks: name {dup!r} is used twice")

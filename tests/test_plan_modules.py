@@ -29,11 +29,21 @@ def test_plan_reports_every_problem_with_its_path(tmp_path):
     # Structural errors come first; semantic checks run once the structure is right.
     plan["validation"]["checks"][0]["kind"] = "row_count"
     del plan["rollback"]["polcy"]
+    plan["backfills"][0].update(workers=3, max_workers=2, min_batch_size=500, max_batch_size=100,
+                                max_foreground_p99_ms=-1)
+    (tmp_path / "2.0.0.yml").write_text(yaml.safe_dump(plan))
+    res = run_module("migration_plan", {"version": "2.0.0", "plan_dir": str(tmp_path)}, tmp_path)
+    errors = "\n".join(res["errors"])
+    assert "backfills[0].max_foreground_p99_ms: must be at least 0" in errors, errors
+    plan["backfills"][0]["max_foreground_p99_ms"] = 10
     (tmp_path / "2.0.0.yml").write_text(yaml.safe_dump(plan))
     res = run_module("migration_plan", {"version": "2.0.0", "plan_dir": str(tmp_path)}, tmp_path)
     errors = "\n".join(res["errors"])
     assert "version: the file says '2.0.1' but it was loaded for '2.0.0'" in errors
     assert "give exactly one of 'set'" in errors
+    assert ("backfills[0] (predictions_accuracy): workers (3) is larger than max_workers (2); give a max_workers "
+            "of at least 3") in errors, errors
+    assert "min_batch_size (500) is larger than max_batch_size (100)" in errors
 
 
 def test_preflight_estimates_without_writing(pg, reference_db, tmp_path):
