@@ -26,3 +26,15 @@ def test_bench_smoke_run_writes_the_result_shape(tmp_path):
     # Every method wrote exactly the rows the single UPDATE wrote.
     assert all(result["same_result_as_single_update"].values())
     assert "batch_sql" in proc.stdout and "targets:" in proc.stdout
+    # Beside the busy loop, with the foreground budget: the load alone, both transforms, what the pace chose.
+    nb = result["neighbour"]
+    assert nb["budget_ms"] == 10.0 and nb["max_workers"] == 2 and nb["baseline_load"]["load_completed"] > 0
+    assert nb["neighbour_cpu_share"] > 0.1  # the busy loop ran (most of a core on a quiet machine)
+    for method in ("batch_sql", "batch_python"):
+        figures = nb["methods"][method]
+        assert figures["result_md5"] == result["methods"]["single_update"]["result_md5"]
+        assert figures["pace"]["budget_ms"] == 10.0 and figures["pace"]["probes"] >= 0
+        assert {"workers_used", "batch_ms_used", "pause_ms_used", "decisions"} <= set(figures["pace"])
+        assert nb["ratios"][method + "_vs_quiet_single"] > 0
+    assert "neighbour: batch_python load p99 <= budget 10 ms" in result["targets"]
+    assert "Beside a busy loop on core" in proc.stdout
