@@ -98,6 +98,32 @@ options:
     description: With O(state=pruned), how many verified backups of the database to keep.
     type: int
     default: 5
+  prove:
+    description:
+      - Prove the backup while it is being dumped (O(format=custom) only). A thread reads the file as C(pg_dump)
+        writes it and pipes it to a C(pg_restore) into a new scratch database (O(scratch_prefix), the run id and
+        random characters); once both have ended, the checks of M(pg_backup_verify) run on the result (the
+        file's size and sha256, the table of contents, the restore's exit status, every table's count and
+        checksum against the manifest), and the manifest records the proof, bound to its sha256 and tables.
+        M(pg_backup_verify) then finds it proven and does not restore it again.
+      - The proof costs about the dump's own time instead of a second, sequential restore. When the streamed
+        proof fails, the backup and its manifest are kept unproven (RV(proof_error)) for M(pg_backup_verify) to
+        prove or reject.
+    type: bool
+    default: false
+  keep_scratch:
+    description: With O(prove), keep the proven scratch database (RV(scratch_db)) for the backup phase's rehearsal;
+      it is dropped when the proof fails.
+    type: bool
+    default: false
+  scratch_prefix:
+    description: With O(prove), the prefix of the scratch database's name.
+    type: str
+    default: pgmigrate_verify
+  pg_restore_path:
+    description: With O(prove), the C(pg_restore) to use (a path or a name on C(PATH)).
+    type: str
+    default: pg_restore
 '''
 
 EXAMPLES = r'''
@@ -112,6 +138,7 @@ EXAMPLES = r'''
     version: 2.0.0
     run_id: "{{ pgmigrate_run_id }}"
     format: custom
+    prove: true
   register: __backup_dump
 
 - name: Keep the five newest verified backups
@@ -147,9 +174,21 @@ preflight:
   sample: {server: {version: "15.18", major: 15}, pg_dump: {version: "15.18", major: 15},
            database_size_bytes: 8601600, free_bytes: 5000000000, needed_bytes: 10321920}
 duration_s:
-  description: Seconds the dump took (with the manifest).
+  description: Seconds the dump took (with the manifest, and with O(prove) its proof).
   returned: when a dump ran
   type: float
+verified:
+  description: Whether the backup is proven to restore (with O(prove), by the streamed proof).
+  returned: when a dump ran
+  type: bool
+proof_error:
+  description: With O(prove), why the streamed proof failed (the backup is kept, unproven).
+  returned: when the streamed proof failed
+  type: str
+scratch_db:
+  description: With O(prove) and O(keep_scratch), the proven scratch database (the caller drops it).
+  returned: when the streamed proof succeeded with keep_scratch
+  type: str
 commands:
   description: The commands that ran (argv lists; they never contain a password).
   returned: always
@@ -188,7 +227,10 @@ from ansible.module_utils.pgmigrate_backup import (
     MANIFEST_FORMAT,
     PARTIAL_SUFFIX,
     BackupError,
+    StreamedProof,
     backup_name,
+    compare_fingerprints,
+    database_fingerprints,
     ensure_private_dir,
     file_digests,
     find_run_backups,
@@ -196,12 +238,15 @@ from ansible.module_utils.pgmigrate_backup import (
     fingerprint_tables,
     list_tables,
     manifest_path,
+    proof_binding,
     remove_path,
+    scratch_name,
     server_version,
     set_private_modes,
     snapshot_time,
     table_watermarks,
     tail,
+    toc_problem,
     tool_version,
     utc_now_iso,
     utc_stamp,
@@ -278,6 +323,8 @@ def dump(module, conn, p: dict, facts: dict, commands: list) -> dict:
         argv.append(f"--compress={p['compress']}")
     argv += [f"--exclude-schema={s}" for s in excluded]
     proc = None
+    proof = None
+    proof_problem = None  # why the streamed proof failed (the backup is then kept unproven)
     with tempfile.TemporaryFile(mode="w+") as stderr_file:
         try:
             conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
@@ -297,6 +344,8 @@ def dump(module, conn, p: dict, facts: dict, commands: list) -> dict:
                 commands.append(list(argv))
                 proc = subprocess.Popen(argv, env=libpq_env(module.params), stdout=subprocess.DEVNULL,
                                         stderr=stderr_file)
+                if p["stream_proof"]:
+                    proof, proof_problem = start_proof(module, p, partial, db_settings, commands)
                 # Counts and checksums in the same snapshot, while pg_dump works.
                 tables_fp = fingerprint_tables(cur, tables)
                 # What a rollback compares with to find rows written after the backup (same snapshot).
@@ -305,6 +354,8 @@ def dump(module, conn, p: dict, facts: dict, commands: list) -> dict:
                 rc = proc.wait()
                 proc = None
             conn.rollback()
+            if proof is not None:
+                proof_problem = proof.finish(rc == 0)
             if rc != 0:
                 stderr_file.seek(0)
                 raise BackupError(f"pg_dump failed (rc={rc}): {tail(stderr_file.read())}")
@@ -323,11 +374,21 @@ def dump(module, conn, p: dict, facts: dict, commands: list) -> dict:
                 "snapshot_at": snapshot_at, "watermarks": watermarks, "size_bytes": digests["size_bytes"],
                 "sha256": digests["sha256"], "files": digests["files"], "verified": False, "verification": None,
             }
+            verification = None
+            if proof is not None:
+                verification = finish_proof(module, p, proof, proof_problem, manifest, final, started)
+                manifest = verification.pop("manifest")
+            elif proof_problem:
+                verification = {"proof_error": proof_problem, "scratch_kept": False}
             write_manifest(mpath, manifest)
         except BaseException as exc:
             if proc is not None:
                 proc.kill()
                 proc.wait()
+            if proof is not None:
+                proof.kill()
+                proof.drop()
+                proof.admin.close()
             conn.rollback()
             for path in (partial, final, mpath):
                 remove_path(path)
@@ -335,9 +396,98 @@ def dump(module, conn, p: dict, facts: dict, commands: list) -> dict:
                 module.fail_json(msg=f"backup of {database} failed: {exc}. Nothing was left in {p['backup_dir']}.",
                                  commands=commands)
             raise
-    return {"changed": True, "backup_path": final, "manifest_path": mpath, "manifest": manifest, "reused": False,
-            "duration_s": round(time.monotonic() - started, 3),
-            "msg": f"dumped {database} ({len(tables_fp)} tables, {pretty(manifest['size_bytes'])}) to {final}"}
+    result = {"changed": True, "backup_path": final, "manifest_path": mpath, "manifest": manifest, "reused": False,
+              "verified": manifest["verified"], "duration_s": round(time.monotonic() - started, 3),
+              "msg": f"dumped {database} ({len(tables_fp)} tables, {pretty(manifest['size_bytes'])}) to {final}"}
+    if verification is not None:
+        result.update(verification)
+        result["msg"] += (f"; proven while dumping: {verification['proof']}" if manifest["verified"]
+                          else f"; the streamed proof failed: {verification['proof_error']} (the backup is kept "
+                               "unproven: pg_backup_verify proves or rejects it)")
+    return result
+
+
+def start_proof(module, p: dict, partial: str, db_settings: dict, commands: list) -> tuple:
+    """The scratch database and the pg_restore the dump is streamed to (see StreamedProof): (the proof, None), or
+    (None, why it could not start): the dump goes on without it."""
+    admin = connect(module, autocommit=True)
+    proof = StreamedProof(admin, p["pg_restore_path"], lambda db: libpq_env(p, dbname=db),
+                          scratch_name(p["scratch_prefix"], p["run_id"]), db_settings)
+    try:
+        proof.begin(partial)
+    except BackupError as exc:
+        proof.kill()
+        proof.drop()
+        admin.close()
+        return None, str(exc)
+    except BaseException:
+        proof.kill()
+        proof.drop()
+        admin.close()
+        raise
+    commands.append(list(proof.argv) + [f"< {partial} (read while pg_dump writes it)"])
+    return proof, None
+
+
+def finish_proof(module, p: dict, proof: StreamedProof, problem: str | None, manifest: dict, final: str,
+                 started: float) -> dict:
+    """The checks of the proof on the streamed restore; the manifest with its outcome (bound to its sha256 and
+    tables) and the module's result fields."""
+    steps = [{"step": "files", "ok": True, "detail": f"size {manifest['size_bytes']} bytes and sha256 "
+                                                    f"{manifest['sha256'][:12]}... computed from the written file"}]
+    durations = {"restore_s": proof.restore_s}
+    out: dict = {}
+    try:
+        if problem is None:
+            t0 = time.monotonic()
+            problem, entries = toc_problem(p["pg_restore_path"], final, manifest["tables"], libpq_env(p))
+            durations["toc_s"] = round(time.monotonic() - t0, 3)
+            if problem is None:
+                steps.append({"step": "toc", "ok": True, "detail": f"pg_restore --list read {entries} entries; data "
+                                                                   f"of all {len(manifest['tables'])} tables present"})
+                steps.append({"step": "restore", "ok": True,
+                              "detail": f"restored into scratch database {proof.scratch} while dumping "
+                                        f"({proof.fed_bytes} bytes streamed), pg_restore ended {proof.restore_s} s "
+                                        "after it started"})
+        if problem is None:
+            t0 = time.monotonic()
+            conn = connect(module, dbname=proof.scratch)
+            try:
+                restored = database_fingerprints(conn, manifest)
+            finally:
+                conn.close()
+            durations["tables_s"] = round(time.monotonic() - t0, 3)
+            problems = compare_fingerprints(manifest["tables"], restored)
+            if problems:
+                problem = problems[0] + (f" (and {len(problems) - 1} more differences)" if len(problems) > 1 else "")
+            else:
+                rows = sum(t["rows"] for t in restored.values())
+                steps.append({"step": "tables", "ok": True, "detail": f"{len(restored)} tables, {rows} rows: counts "
+                                                                      "and checksums equal the manifest"})
+        ok = problem is None
+        kept = ok and p["keep_scratch"]
+        dropped = False if kept else proof.drop()
+        if not ok:
+            steps.append({"step": "failed", "ok": False, "detail": problem})
+        durations["total_s"] = round(time.monotonic() - started, 3)
+        now = utc_now_iso()
+        manifest = dict(manifest, verified=ok, verified_at=now if ok else None)
+        manifest["verification"] = {"ok": ok, "at": now, "error": problem, "how": "streamed while dumping",
+                                    "steps": steps, "durations": durations,
+                                    "scratch_db": proof.scratch if kept else None,
+                                    "binding": proof_binding(manifest) if ok else None}
+        out.update(manifest=manifest, proof_steps=steps, proof_durations=durations, scratch_kept=kept,
+                   scratch_dropped=dropped)
+        if kept:
+            out["scratch_db"] = proof.scratch
+        if ok:
+            out["proof"] = (f"restored while dumping into {proof.scratch} and every table's count and checksum "
+                            "equals the manifest" + ("; the copy is kept for the rehearsal" if kept else ""))
+        else:
+            out["proof_error"] = problem
+    finally:
+        proof.admin.close()
+    return out
 
 
 def run_status(module, p: dict, run_ids: set) -> dict:
@@ -400,6 +550,10 @@ def main() -> None:
         lock_timeout=dict(type="str", default="30s"),
         retain=dict(type="int", default=5),
         allow_ephemeral_dir=dict(type="bool", default=False),
+        prove=dict(type="bool", default=False),
+        keep_scratch=dict(type="bool", default=False),
+        scratch_prefix=dict(type="str", default="pgmigrate_verify"),
+        pg_restore_path=dict(type="str", default="pg_restore"),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
@@ -410,6 +564,11 @@ def main() -> None:
     if p["state"] == "pruned":
         module.exit_json(commands=[], **prune(module, p))
     p["pg_dump_path"] = find_tool(module, "pg_dump", p["pg_dump_path"])
+    # A directory-format dump is written by parallel jobs into many files: it cannot be streamed; pg_backup_verify
+    # proves it after the dump.
+    p["stream_proof"] = p["prove"] and p["format"] == "custom" and p["state"] == "present"
+    if p["stream_proof"]:
+        p["pg_restore_path"] = find_tool(module, "pg_restore", p["pg_restore_path"])
     commands: list = []
     conn = connect(module)  # connectivity: fails with "unable to connect to database: ..."
     try:

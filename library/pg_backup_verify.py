@@ -149,12 +149,14 @@ from ansible.module_utils.pgmigrate_backup import (
     drop_database,
     find_tool,
     manifest_path,
+    proof_binding,
     read_manifest,
     run_tool,
+    safe_part,
     scratch_name,
     tail,
     timed,
-    toc_table_data,
+    toc_problem,
     tool_version,
     utc_now_iso,
     write_manifest,
@@ -181,18 +183,11 @@ class Verification:
 
     # ------------------------------------------------------------------ steps
     def check_toc(self, manifest: dict, pg_restore: str) -> None:
-        argv = [pg_restore, "--list", self.p["backup_path"]]
-        self.commands.append(argv)
-        proc = run_tool(argv, libpq_env(self.p))
-        if proc.returncode != 0:
-            raise BackupError(f"pg_restore --list cannot read the table of contents of {self.p['backup_path']}: "
-                              f"{tail(proc.stderr)}")
-        in_toc = toc_table_data(proc.stdout)
-        missing = sorted(set(manifest["tables"]) - in_toc)
-        if missing:
-            raise BackupError(f"the table of contents of {self.p['backup_path']} has no data for table "
-                              f"{missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-        self.step("toc", True, f"pg_restore --list read {len(proc.stdout.splitlines())} entries; data of all "
+        self.commands.append([pg_restore, "--list", self.p["backup_path"]])
+        problem, entries = toc_problem(pg_restore, self.p["backup_path"], manifest["tables"], libpq_env(self.p))
+        if problem:
+            raise BackupError(problem)
+        self.step("toc", True, f"pg_restore --list read {entries} entries; data of all "
                                f"{len(manifest['tables'])} tables present")
 
     def restore_and_compare(self, manifest: dict, pg_restore: str) -> None:
@@ -246,6 +241,27 @@ class Verification:
         self.step("tables", True, f"{len(restored)} tables, {rows} rows: counts and checksums equal the manifest")
 
 
+def scratch_exists(module, name: str) -> bool:
+    admin = connect(module, autocommit=True)
+    try:
+        with admin.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            return cur.fetchone() is not None
+    finally:
+        admin.close()
+
+
+def drop_kept_scratch(module, name: str, prefix: str) -> None:
+    """Drop a scratch copy an earlier proof kept (only a name of the scratch prefix, never another database)."""
+    if not name.startswith(safe_part(prefix)[:40].lower() + "_") or name == module.params.get("login_db"):
+        return
+    admin = connect(module, autocommit=True)
+    try:
+        drop_scratch(admin, name)
+    finally:
+        admin.close()
+
+
 def drop_scratch(admin, name: str) -> bool:
     """Drop the scratch database; False (never an exception) when it cannot be dropped."""
     try:
@@ -258,8 +274,10 @@ def drop_scratch(admin, name: str) -> bool:
 
 def record(path: str, manifest: dict, ok: bool, v: Verification, error: str | None) -> None:
     manifest = dict(manifest, verified=ok, verified_at=utc_now_iso() if ok else manifest.get("verified_at"))
-    manifest["verification"] = {"ok": ok, "at": utc_now_iso(), "error": error, "steps": v.steps,
-                                "durations": v.durations, "scratch_db": v.result.get("scratch_db")}
+    manifest["verification"] = {"ok": ok, "at": utc_now_iso(), "error": error, "how": "restored after the dump",
+                                "steps": v.steps, "durations": v.durations,
+                                "scratch_db": v.result.get("scratch_db") if v.result.get("scratch_kept") else None,
+                                "binding": proof_binding(manifest) if ok else None}
     if not ok:
         manifest["verified_at"] = None
     write_manifest(path, manifest)
@@ -299,10 +317,29 @@ def main() -> None:
         digests = timed(v.durations, "files_s", check_files, p["backup_path"], manifest)
         v.step("files", True, f"size {digests['size_bytes']} bytes and sha256 {digests['sha256'][:12]}... match "
                               "the manifest")
-        if manifest.get("verified") is True and not p["force"] and not p["keep_scratch"]:
-            module.exit_json(**v.finish(verified=True, msg=f"{p['backup_path']} was proven to restore at "
-                                                           f"{manifest.get('verified_at')} and its sha256 still "
-                                                           "matches; not restored again (force=true to redo)"))
+        proven = (manifest.get("verification") or {})
+        if manifest.get("verified") is True and not p["force"]:
+            if proven.get("binding") == proof_binding(manifest):
+                kept = proven.get("scratch_db")
+                if not p["keep_scratch"]:
+                    module.exit_json(**v.finish(verified=True, msg=f"{p['backup_path']} was proven to restore at "
+                                                                   f"{manifest.get('verified_at')} and its sha256 and "
+                                                                   "tables still match; not restored again "
+                                                                   "(force=true to redo)"))
+                if kept and scratch_exists(module, kept):
+                    v.result.update(scratch_db=kept, scratch_kept=True, scratch_dropped=False)
+                    v.step("restore", True, f"the proof's restore {kept} ({proven.get('how') or 'earlier'}) is kept")
+                    module.exit_json(**v.finish(verified=True, msg=f"{p['backup_path']} was proven to restore at "
+                                                                   f"{manifest.get('verified_at')} ("
+                                                                   f"{proven.get('how') or 'earlier'}) and its sha256 "
+                                                                   f"and tables still match; its restored copy {kept} "
+                                                                   "is kept for the rehearsal"))
+            else:
+                # The manifest (its tables, size or sha256) changed since the proof: that proof proves nothing about
+                # it. A copy the proof kept is dropped; the backup is proven again from the start.
+                v.step("binding", False, "the manifest changed since the backup was proven; proving it again")
+                if proven.get("scratch_db"):
+                    drop_kept_scratch(module, proven["scratch_db"], p["scratch_prefix"])
         pg_restore = find_tool(module, "pg_restore", p["pg_restore_path"])
         restore_tool = tool_version(pg_restore)
         if restore_tool["major"] < int((manifest.get("pg_dump") or {}).get("major") or 0):
@@ -316,6 +353,10 @@ def main() -> None:
     except BackupError as exc:
         error = str(exc)
         v.step("failed", False, error)
+        # A copy an earlier (streamed) proof kept for the rehearsal is of a backup that is not proven now.
+        earlier = ((manifest or {}).get("verification") or {}).get("scratch_db")
+        if earlier:
+            drop_kept_scratch(module, earlier, p["scratch_prefix"])
         changed = False
         if manifest is not None and p["update_manifest"] and not module.check_mode:
             record(p["manifest_path"], manifest, False, v, error)

@@ -10,6 +10,8 @@
   Row text depends on output settings, so every fingerprinting session pins them.
 - The manifest: JSON beside the backup, written 0600 and replaced atomically.
 - File checksums (sha256) of a custom-format file or of every file of a directory dump.
+- The streamed proof (StreamedProof): the proof's restore fed from the dump file while pg_dump
+  writes it, so the backup is proven in about the time of the dump alone.
 - pg_dump / pg_restore discovery and version parsing; argv never carries a password
   (libpq_env passes it as PGPASSWORD).
 """
@@ -23,6 +25,8 @@ import re
 import secrets
 import shutil
 import subprocess
+import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 
@@ -404,3 +408,155 @@ def timed(durations: dict, key: str, fn, *args, **kwargs):
         return fn(*args, **kwargs)
     finally:
         durations[key] = round(time.monotonic() - start, 3)
+
+
+# ---------------------------------------------------------------------------------
+# The proof: its binding to a manifest, the table of contents, the streamed restore
+# ---------------------------------------------------------------------------------
+def proof_binding(manifest: dict) -> str:
+    """What a proof proved: the backup's sha256 and size and the manifest's tables (counts, checksums).
+    A manifest edited after its proof no longer matches, and the next verification proves it again."""
+    body = {"sha256": manifest.get("sha256"), "size_bytes": manifest.get("size_bytes"),
+            "tables": manifest.get("tables"), "format": manifest.get("format")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def toc_problem(pg_restore: str, backup_path: str, tables: dict, env: dict) -> tuple[str | None, int]:
+    """`pg_restore --list` of the backup: (the problem, or None when every table of the manifest has its data in the
+    table of contents; the number of entries)."""
+    proc = run_tool([pg_restore, "--list", backup_path], env)
+    if proc.returncode != 0:
+        return (f"pg_restore --list cannot read the table of contents of {backup_path}: {tail(proc.stderr)}", 0)
+    missing = sorted(set(tables) - toc_table_data(proc.stdout))
+    if missing:
+        return (f"the table of contents of {backup_path} has no data for table {missing[0]}"
+                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""), 0)
+    return None, len(proc.stdout.splitlines())
+
+
+class StreamedProof:
+    """The proof's restore fed from a custom-format dump while pg_dump writes it.
+
+    pg_dump writes its file as usual (with the data offsets it adds at the end).  A thread reads
+    the file as it grows and pipes it to a single ``pg_restore`` into a new scratch database; the
+    table of contents at the head of the file was written before any data, without offsets, so
+    pg_restore reads the stream in order, as from a pipe.  When pg_dump has exited, the rest of
+    the file goes to pg_restore; its exit status, then the tables' counts and checksums in the
+    scratch database against the manifest's (taken in the dump's snapshot) are the proof."""
+
+    CHUNK = 1 << 20
+
+    def __init__(self, admin, pg_restore: str, env_for, scratch: str, settings: dict) -> None:
+        self.admin = admin  # an autocommit connection to create and drop the scratch database
+        self.pg_restore = pg_restore
+        self.env_for = env_for  # dbname -> libpq environment
+        self.scratch = scratch
+        self.settings = settings
+        self.path: str | None = None
+        self.proc: subprocess.Popen | None = None
+        self.thread: threading.Thread | None = None
+        self.dump_done = threading.Event()
+        self.feed_error: str | None = None
+        self.fed_bytes = 0
+        self.created = False
+        self.started = 0.0
+        self.restore_s: float | None = None
+        self.stderr = None
+        self.argv: list[str] = []
+
+    def begin(self, path: str) -> None:
+        """Create the scratch database and start pg_restore and the feeding thread (pg_dump starts writing path)."""
+        with self.admin.cursor() as cur:
+            try:
+                create_database_like(cur, self.scratch, {"database_settings": self.settings})
+            except Exception as exc:
+                raise BackupError(f"cannot create the scratch database {self.scratch}: {str(exc).strip()}; the "
+                                  "login role needs CREATEDB (ALTER ROLE ... CREATEDB)") from exc
+        self.created = True
+        self.path = path
+        self.argv = [self.pg_restore, "--no-password", "--exit-on-error", "--no-owner", "--no-privileges",
+                     f"--dbname={self.scratch}"]
+        self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 -- closed in finish() or kill()
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     stderr=self.stderr, env=self.env_for(self.scratch))
+        self.thread = threading.Thread(target=self._feed, name="streamed-proof", daemon=True)
+        self.thread.start()
+
+    def _feed(self) -> None:
+        try:
+            fh = None
+            while fh is None:
+                try:
+                    fh = open(self.path, "rb")  # noqa: SIM115 -- closed below
+                except FileNotFoundError:
+                    if self.dump_done.is_set():
+                        self.feed_error = f"pg_dump never created {self.path}"
+                        return
+                    time.sleep(0.01)
+            with fh:
+                ended = False
+                while True:
+                    chunk = fh.read(self.CHUNK)
+                    if chunk:
+                        self.proc.stdin.write(chunk)
+                        self.fed_bytes += len(chunk)
+                        continue
+                    if ended:
+                        break
+                    if self.dump_done.is_set():
+                        ended = True  # one more read: the bytes written before pg_dump exited
+                        continue
+                    time.sleep(0.005)
+        except OSError as exc:  # pg_restore stopped reading (it failed): its exit status says why
+            self.feed_error = f"feeding pg_restore stopped: {exc}"
+        finally:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+
+    def finish(self, dump_ok: bool, timeout: float | None = None) -> str | None:
+        """After pg_dump has exited: the rest of the file to pg_restore, wait for it; the problem, or None."""
+        self.dump_done.set()
+        if not dump_ok:
+            self.kill()
+            return "pg_dump failed"
+        self.thread.join(timeout)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return f"pg_restore into the scratch database did not finish within {timeout} s"
+        self.restore_s = round(time.monotonic() - self.started, 3)
+        self.stderr.seek(0)
+        errors = self.stderr.read()
+        self.stderr.close()
+        if rc != 0:
+            return f"pg_restore into the scratch database failed (rc={rc}): {tail(errors)}"
+        if self.feed_error:
+            return self.feed_error
+        return None
+
+    def kill(self) -> None:
+        self.dump_done.set()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.thread is not None:
+            self.thread.join(10)
+        if self.stderr is not None and not self.stderr.closed:
+            self.stderr.close()
+
+    def drop(self) -> bool:
+        """Drop the scratch database (False, never an exception, when it cannot be)."""
+        if not self.created:
+            return True
+        try:
+            with self.admin.cursor() as cur:
+                drop_database(cur, self.scratch)
+        except Exception:
+            return False
+        self.created = False
+        return True
+

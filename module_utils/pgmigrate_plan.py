@@ -133,6 +133,7 @@ PLAN_SPEC: dict[str, Any] = {
             "format": {"type": "str", "choices": ["custom", "directory"]},
             "jobs": {"type": "int", "min": 1},
             "verify": {"type": "bool"},
+            "stream_proof": {"type": "bool", "doc": "prove a custom-format backup while it is dumped (default true)"},
             "retain": {"type": "int", "min": 1},
         }},
         "backfills": {"type": "list", "items": BACKFILL_SPEC},

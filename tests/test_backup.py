@@ -361,3 +361,86 @@ def test_directory_format_with_parallel_jobs_is_private_and_proven(pg, backed_up
     damage("flip_byte", largest, Path(res["manifest_path"]))
     broken = run_module("pg_backup_verify", {**args, "backup_path": str(path), "run_id": 9}, tmp_path)
     assert broken.get("failed") is True and f"differs in {largest.name}" in broken["msg"]
+
+
+# --- the streamed proof (pg_backup prove=true) ---------------------------------------------
+def stream_backup(pg, db, work, **extra):
+    return run_module("pg_backup", {**conn_args(pg, db), "backup_dir": str(work / "backups"), "version": VERSION,
+                                    "run_id": RUN_ID, "prove": True, **extra}, work)
+
+
+def test_streamed_proof_proves_while_dumping_and_verify_trusts_it(pg, backed_up, tmp_path):
+    db = backed_up["db"]
+    res = stream_backup(pg, db, tmp_path)
+    assert res.get("failed") is not True, res.get("msg")
+    assert res["verified"] is True and "proven while dumping" in res["msg"], res["msg"]
+    assert [s["step"] for s in res["proof_steps"]] == ["files", "toc", "restore", "tables"]
+    assert res["scratch_kept"] is False and res["scratch_dropped"] is True and scratch_databases(pg) == []
+    manifest = json.loads(Path(res["manifest_path"]).read_text())
+    assert manifest["verified"] is True and manifest["verification"]["how"] == "streamed while dumping"
+    assert manifest["tables"] == source_tables(pg, db)
+    assert Path(res["backup_path"]).stat().st_mode & 0o777 == 0o600
+    # The file is an ordinary custom-format archive: its table of contents has the data offsets, so a
+    # parallel restore of it works (what a rollback runs).
+    assert any("pg_restore" in c[0] and "--dbname=pgmigrate_verify_" in " ".join(c) for c in res["commands"])
+    args = {**conn_args(pg, db), "backup_path": res["backup_path"], "run_id": RUN_ID}
+    trusted = run_module("pg_backup_verify", args, tmp_path)
+    assert trusted["verified"] is True and trusted["changed"] is False, trusted.get("msg")
+    assert "sha256 and tables still match; not restored again" in trusted["msg"]
+    redo = run_module("pg_backup_verify", {**args, "force": True}, tmp_path)
+    assert redo["verified"] is True and [s["step"] for s in redo["steps"]] == ["files", "toc", "restore", "tables"]
+
+
+def test_streamed_proof_keeps_its_copy_for_the_rehearsal(pg, backed_up, tmp_path):
+    db = backed_up["db"]
+    res = stream_backup(pg, db, tmp_path, keep_scratch=True)
+    assert res["verified"] is True and res["scratch_kept"] is True, res.get("msg")
+    kept = res["scratch_db"]
+    try:
+        assert scratch_databases(pg) == [kept]
+        assert source_tables(pg, kept) == source_tables(pg, db)
+        adopted = run_module("pg_backup_verify", {**conn_args(pg, db), "backup_path": res["backup_path"],
+                                                  "keep_scratch": True}, tmp_path)
+        assert adopted["verified"] is True and adopted["changed"] is False, adopted.get("msg")
+        assert adopted["scratch_db"] == kept and adopted["scratch_kept"] is True
+        assert f"its restored copy {kept} is kept for the rehearsal" in adopted["msg"]
+        assert scratch_databases(pg) == [kept]  # no second restore
+    finally:
+        pg.drop_database(kept)
+
+
+def test_manifest_edited_after_a_streamed_proof_is_proven_again(pg, backed_up, tmp_path):
+    """A proof is bound to the manifest it proved: counts edited afterwards are caught by a new restore,
+    and the copy the first proof kept is dropped."""
+    db = backed_up["db"]
+    res = stream_backup(pg, db, tmp_path, keep_scratch=True)
+    assert res["verified"] is True
+    mpath = Path(res["manifest_path"])
+    damage("manifest_counts", Path(res["backup_path"]), mpath)
+    again = run_module("pg_backup_verify", {**conn_args(pg, db), "backup_path": res["backup_path"],
+                                            "keep_scratch": True}, tmp_path)
+    assert again.get("failed") is True and again["verified"] is False
+    assert "table public.predictions: the manifest says 3001 rows, the restore has 3000" in again["msg"]
+    assert [s["step"] for s in again["steps"]] == ["files", "binding", "toc", "restore", "failed"]
+    assert scratch_databases(pg) == []
+    assert json.loads(mpath.read_text())["verified"] is False
+
+
+def test_streamed_proof_that_fails_keeps_the_backup_unproven(pg, backed_up, tmp_path):
+    """pg_restore fails while the dump streams into it (a real pg_restore, given an argument it refuses):
+    the backup and its manifest are kept, unproven, with the reason; pg_backup_verify then proves it."""
+    real = shutil.which("pg_restore")
+    wrapper = tmp_path / "pg_restore"
+    wrapper.write_text(f'#!/bin/sh\ncase "$1" in --version) exec {real} "$@";; esac\n'
+                       f'exec {real} "$@" --section=no-such-section\n')
+    wrapper.chmod(0o700)
+    db = backed_up["db"]
+    res = stream_backup(pg, db, tmp_path, pg_restore_path=str(wrapper))
+    assert res.get("failed") is not True, res.get("msg")
+    assert res["verified"] is False and "pg_restore into the scratch database failed" in res["proof_error"]
+    assert "unrecognized section name" in res["proof_error"], res["proof_error"]
+    assert "the streamed proof failed" in res["msg"] and scratch_databases(pg) == []
+    manifest = json.loads(Path(res["manifest_path"]).read_text())
+    assert manifest["verified"] is False and manifest["tables"] == source_tables(pg, db)
+    proven = run_module("pg_backup_verify", {**conn_args(pg, db), "backup_path": res["backup_path"]}, tmp_path)
+    assert proven["verified"] is True and proven["changed"] is True, proven.get("msg")
