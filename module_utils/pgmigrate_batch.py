@@ -1027,20 +1027,28 @@ class Pace:
         try:
             with conn.cursor() as cur:
                 cur.execute("SET statement_timeout = %s", (f"{max(int(self.budget * 20), 1000)}ms",))
-                while not self.done.wait(PROBE_INTERVAL_S):
+                # A fixed schedule, as an application's requests arrive: each probe's latency runs from the
+                # moment it was due, so the time this thread waited for a CPU to wake it counts too (the
+                # foreground waits for the CPU the same way; a probe timed from its own start would not see it).
+                due = time.perf_counter()
+                while not self.done.is_set():
+                    due += PROBE_INTERVAL_S
+                    wait = due - time.perf_counter()
+                    if wait > 0 and self.done.wait(wait):
+                        break
                     key = self.rng.choice(self.keys) if self.keys else None
-                    t0 = time.perf_counter()
                     try:
                         if key is None:
                             cur.execute("SELECT 1")
                         else:
                             cur.execute(by_key, list(key))
                         cur.fetchall()
-                        ms = (time.perf_counter() - t0) * 1000.0
                     except psycopg2.errors.QueryCanceled:
-                        ms = (time.perf_counter() - t0) * 1000.0  # slower than the statement timeout: counts
-                        self.failed_probes += 1
-                    self.observe(ms)
+                        self.failed_probes += 1  # slower than the statement timeout: counts with its time
+                    now = time.perf_counter()
+                    self.observe((now - due) * 1000.0)
+                    if now - due > PROBE_INTERVAL_S:
+                        due = now  # far behind (a stall): start a new schedule instead of a burst of probes
         except Exception as exc:
             self.disable(f"its probe stopped ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})")
         finally:
