@@ -80,7 +80,7 @@ TEMP_TABLE = "pgmigrate_backfill_rows"  # per connection: the key and the new va
 TMP_PREFIX = "pgmigrate_"  # the temp tables' column names, apart from any target column a filter may name
 WATCH_INTERVAL_S = 1.0  # how often a running backfill checks that its controlling playbook lives
 PROBE_INTERVAL_S = 0.02  # the pace's foreground probe: one cheap query on the target every 20 ms
-PACE_MIN_SAMPLES = 50  # probes behind each pace decision (about a second of them)
+PACE_MIN_SAMPLES = 100  # probes behind each pace decision (two seconds of them; their p99 is the 2nd highest)
 PACE_FLOOR_BATCH_MS = 20  # the shortest batch the pace asks for (per-batch overhead dominates below)
 RETRYABLE_SQLSTATES = {"55P03": "lock timeout", "40P01": "deadlock", "40001": "serialization failure",
                        "57014": "statement timeout"}
@@ -925,7 +925,8 @@ class Pace:
 
     A probe thread with its own connection times a cheap, indexed read of the target (a key a
     batch has just written, where the backfill's work is; ``SELECT 1`` before the first batch)
-    every PROBE_INTERVAL_S.  Once PACE_MIN_SAMPLES probes have come in since the last decision, their p99 decides:
+    every PROBE_INTERVAL_S, each timed from the moment it was due.  Once PACE_MIN_SAMPLES probes have come in since
+    the last decision, their p99 decides:
 
     * over the budget: one worker fewer; at one worker, shorter batches (half, down to
       PACE_FLOOR_BATCH_MS); at the shortest batch, longer pauses (doubled, up to ``max_pause_ms``);
@@ -934,7 +935,9 @@ class Pace:
     * in between: no change.
 
     The probes after a decision are the ones the next decision reads, so each step is judged by
-    its own effect.  Workers take a slot per batch: at most ``workers`` batches run at once, the
+    its own effect; a step up that the next decision has to take back is not tried again for a
+    while (twice as long each time), so the pace settles below the budget instead of swinging
+    across it.  Workers take a slot per batch: at most ``workers`` batches run at once, the
     key ranges of the others wait at their batch boundary.  With the budget at 0 nothing is probed
     and the plan's settings hold."""
 
@@ -965,6 +968,11 @@ class Pace:
         self.decisions: list[dict] = []
         self.used = {"workers": {self.workers}, "batch_ms": {self.batch_ms}, "pause_ms": {self.pause_ms}}
         self.at_floor_over = 0  # decisions that found the budget exceeded with nothing left to slow down
+        # Hysteresis: a step up that the next window reverts is not tried again for `hold` windows, doubled each
+        # time it is reverted again (halved when a step up holds), so the pace does not swing across the budget.
+        self.last_step: str | None = None
+        self.hold = 0
+        self.backoff = 1
         self.note: str | None = None
         self.progress: Progress | None = None
         self.done = threading.Event()
@@ -1079,7 +1087,13 @@ class Pace:
         with self.cond:
             self.p99 = p99
             before = (self.workers, self.batch_ms, self.pause_ms)
+            if self.hold:
+                self.hold -= 1
             if p99 > self.budget:
+                if self.last_step == "up":  # the last step up was one too many
+                    self.backoff = min(self.backoff * 2, 64)
+                    self.hold = self.backoff
+                self.last_step = "down"
                 if self.workers > 1:
                     self.workers -= 1
                 elif self.batch_ms > self.floor_ms:
@@ -1088,7 +1102,10 @@ class Pace:
                     self.pause_ms = min(self.max_pause, max(self.pause_ms * 2, self.floor_ms))
                 else:
                     self.at_floor_over += 1
-            elif p99 < self.budget / 2:
+            elif p99 < self.budget / 2 and not self.hold:
+                if self.last_step == "up":  # the last step up held
+                    self.backoff = max(1, self.backoff // 2)
+                self.last_step = "up"
                 if self.pause_ms > self.min_pause:
                     self.pause_ms = self.pause_ms / 2 if self.pause_ms / 2 >= 5 else self.min_pause
                     self.pause_ms = max(self.pause_ms, self.min_pause)
@@ -1098,6 +1115,8 @@ class Pace:
                     self.workers += 1
             after = (self.workers, self.batch_ms, self.pause_ms)
             if after == before:
+                if self.last_step == "up":
+                    self.last_step = None  # nothing left to raise: not a step
                 return
             self.used["workers"].add(self.workers)
             self.used["batch_ms"].add(self.batch_ms)
