@@ -178,6 +178,13 @@ options:
     description: The longest pause between a worker's batches the foreground budget may set.
     type: int
     default: 1000
+  nice:
+    description:
+      - With O(python), the niceness (0-19) of the worker threads that run the transform, so that its CPU work
+        yields to the application on a busy host (the threads are reniced; the server's work is not). V(0) keeps
+        the normal priority.
+    type: int
+    default: 10
   max_replication_lag_s:
     description: Hold while a standby in C(pg_stat_replication) lags more than this many seconds.
     type: float
@@ -422,7 +429,7 @@ from ansible.module_utils.pgmigrate_sql import HAS_PGLAST, PGLAST_IMP_ERR, backf
 SPEC_OPTIONS = ("name", "table", "key", "set", "python", "python_path", "columns", "read_columns", "where",
                 "incremental", "batch_size", "min_batch_size", "max_batch_size", "target_batch_ms", "pause_ms",
                 "lock_timeout", "statement_timeout", "max_retries", "workers", "max_workers", "max_foreground_p99_ms",
-                "max_pause_ms", "max_replication_lag_s",
+                "max_pause_ms", "nice", "max_replication_lag_s",
                 "hold_on_autovacuum", "max_archive_backlog", "required_holds", "hold_poll_s", "max_hold_s",
                 "progress_file", "metrics_file", "progress_interval_s", "run_id", "controller_pid",
                 "controller_pid_start", "controller_host", "progress_token", "restart", "ops_schema",
@@ -459,6 +466,7 @@ def argument_spec() -> dict:
         max_workers=dict(type="int"),
         max_foreground_p99_ms=dict(type="float", default=defaults["max_foreground_p99_ms"]),
         max_pause_ms=dict(type="int", default=defaults["max_pause_ms"]),
+        nice=dict(type="int", default=defaults["nice"]),
         max_replication_lag_s=dict(type="float"),
         hold_on_autovacuum=dict(type="bool", default=defaults["hold_on_autovacuum"]),
         max_archive_backlog=dict(type="int"),
@@ -488,6 +496,8 @@ def validate_numbers(module, p: dict) -> None:
     for name in ("pause_ms", "max_retries", "max_foreground_p99_ms", "max_pause_ms"):
         if p[name] < 0:
             module.fail_json(msg=f"{name} must not be negative, got {p[name]}")
+    if not 0 <= p["nice"] <= 19:
+        module.fail_json(msg=f"nice must be 0-19 (the transform threads' niceness), got {p['nice']}")
     if p["max_workers"] is not None and p["max_workers"] < p["workers"]:
         module.fail_json(msg=f"max_workers ({p['max_workers']}) must be at least workers ({p['workers']}): "
                              "the foreground budget starts at workers and raises up to max_workers")

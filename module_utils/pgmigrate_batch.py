@@ -125,6 +125,7 @@ class Spec:
     max_workers: int | None = None
     max_foreground_p99_ms: float = 100.0
     max_pause_ms: int = 1000
+    nice: int = 10
     max_replication_lag_s: float | None = None
     hold_on_autovacuum: bool = False
     max_archive_backlog: int | None = None
@@ -1713,6 +1714,14 @@ class Worker:
         self.pending: PendingBatch | None = None  # Python transform: the batch read, to be written next
 
     def run(self) -> None:
+        if self.spec.python and self.spec.nice:
+            # The Python transform's CPU is background work: this thread (and the writer threads it starts) runs
+            # at a lower priority, so on a busy host it yields to the application instead of competing with it.
+            # The pace's probe thread keeps the normal priority: it waits for a CPU as the application does.
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.spec.nice)
+            except (OSError, AttributeError):
+                pass
         conn = self.engine.connect()
         try:
             if self.spec.python:

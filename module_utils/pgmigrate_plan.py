@@ -82,6 +82,7 @@ BACKFILL_SPEC = {
         "max_foreground_p99_ms": {"type": "number", "min": 0,
                                   "doc": "the application's p99 latency budget while the backfill runs (0: off)"},
         "max_pause_ms": {"type": "int", "min": 0, "doc": "the longest pause the foreground budget may set"},
+        "nice": {"type": "int", "min": 0, "max": 19, "doc": "niceness of a python transform's threads (default 10)"},
         "max_replication_lag_s": {"type": "number", "min": 0},
         "hold_on_autovacuum": {"type": "bool"},
         "max_archive_backlog": {"type": "int", "min": 0},
@@ -193,6 +194,8 @@ def validate(value: Any, spec: dict, path: str = "") -> list[str]:
         size = len(value) if isinstance(value, (list, dict, str)) else value
         if size < spec["min"]:
             errors.append(f"{where}: must be at least {spec['min']}")
+    if "max" in spec and not isinstance(value, (list, dict, str)) and value > spec["max"]:
+        errors.append(f"{where}: must be at most {spec['max']}")
     if kind == "dict":
         fields = spec.get("fields")
         if fields is not None:
