@@ -932,7 +932,8 @@ class Pace:
     * over the budget: one worker fewer; at one worker, shorter batches (half, down to
       PACE_FLOOR_BATCH_MS); at the shortest batch, longer pauses (doubled, up to ``max_pause_ms``);
     * under half the budget: the same steps back: shorter pauses, longer batches (up to the
-      plan's ``target_batch_ms``), one worker more (up to ``max_workers``);
+      plan's ``target_batch_ms``); under a quarter of it, one worker more (up to ``max_workers``:
+      a worker more about doubles the pressure);
     * in between: no change.
 
     The probes after a decision are the ones the next decision reads, so each step is judged by
@@ -1112,7 +1113,8 @@ class Pace:
                     self.pause_ms = max(self.pause_ms, self.min_pause)
                 elif self.batch_ms < self.ceiling_ms:
                     self.batch_ms = min(self.ceiling_ms, self.batch_ms * 1.5)
-                elif self.workers < self.most:
+                elif self.workers < self.most and p99 < self.budget / 4:
+                    # A worker more about doubles the backfill's pressure on the server: it needs more room.
                     self.workers += 1
             after = (self.workers, self.batch_ms, self.pause_ms)
             if after == before:
