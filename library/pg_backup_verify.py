@@ -321,19 +321,17 @@ def main() -> None:
         if manifest.get("verified") is True and not p["force"]:
             if proven.get("binding") == proof_binding(manifest):
                 kept = proven.get("scratch_db")
+                rows = sum(t["rows"] for t in manifest["tables"].values())
+                said = (f"{p['backup_path']} restores (proven {proven.get('how') or 'earlier'}, at "
+                        f"{manifest.get('verified_at')}): {len(manifest['tables'])} tables, {rows} rows, counts and "
+                        "checksums equal the manifest; its sha256 and tables still match that proof")
                 if not p["keep_scratch"]:
-                    module.exit_json(**v.finish(verified=True, msg=f"{p['backup_path']} was proven to restore at "
-                                                                   f"{manifest.get('verified_at')} and its sha256 and "
-                                                                   "tables still match; not restored again "
-                                                                   "(force=true to redo)"))
+                    module.exit_json(**v.finish(verified=True, msg=f"{said}; not restored again (force=true to redo)"))
                 if kept and scratch_exists(module, kept):
                     v.result.update(scratch_db=kept, scratch_kept=True, scratch_dropped=False)
                     v.step("restore", True, f"the proof's restore {kept} ({proven.get('how') or 'earlier'}) is kept")
-                    module.exit_json(**v.finish(verified=True, msg=f"{p['backup_path']} was proven to restore at "
-                                                                   f"{manifest.get('verified_at')} ("
-                                                                   f"{proven.get('how') or 'earlier'}) and its sha256 "
-                                                                   f"and tables still match; its restored copy {kept} "
-                                                                   "is kept for the rehearsal"))
+                    module.exit_json(**v.finish(verified=True, msg=f"{said}; its restored copy {kept} is kept for the "
+                                                                   "rehearsal"))
             else:
                 # The manifest (its tables, size or sha256) changed since the proof: that proof proves nothing about
                 # it. A copy the proof kept is dropped; the backup is proven again from the start.

@@ -386,7 +386,9 @@ def test_streamed_proof_proves_while_dumping_and_verify_trusts_it(pg, backed_up,
     args = {**conn_args(pg, db), "backup_path": res["backup_path"], "run_id": RUN_ID}
     trusted = run_module("pg_backup_verify", args, tmp_path)
     assert trusted["verified"] is True and trusted["changed"] is False, trusted.get("msg")
-    assert "sha256 and tables still match; not restored again" in trusted["msg"]
+    assert "(proven streamed while dumping, at " in trusted["msg"] and "not restored again" in trusted["msg"]
+    assert "4 tables, 4041 rows, counts and checksums equal the manifest; its sha256 and tables still match" \
+        in trusted["msg"], trusted["msg"]
     redo = run_module("pg_backup_verify", {**args, "force": True}, tmp_path)
     assert redo["verified"] is True and [s["step"] for s in redo["steps"]] == ["files", "toc", "restore", "tables"]
 
