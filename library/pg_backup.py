@@ -229,7 +229,6 @@ from ansible.module_utils.pgmigrate_backup import (
     BackupError,
     StreamedProof,
     backup_name,
-    compare_fingerprints,
     database_fingerprints,
     ensure_private_dir,
     file_digests,
@@ -240,6 +239,7 @@ from ansible.module_utils.pgmigrate_backup import (
     manifest_path,
     proof_binding,
     remove_path,
+    restore_problem,
     scratch_name,
     server_version,
     set_private_modes,
@@ -457,10 +457,8 @@ def finish_proof(module, p: dict, proof: StreamedProof, problem: str | None, man
             finally:
                 conn.close()
             durations["tables_s"] = round(time.monotonic() - t0, 3)
-            problems = compare_fingerprints(manifest["tables"], restored)
-            if problems:
-                problem = problems[0] + (f" (and {len(problems) - 1} more differences)" if len(problems) > 1 else "")
-            else:
+            problem = restore_problem(manifest["tables"], restored)
+            if problem is None:
                 rows = sum(t["rows"] for t in restored.values())
                 steps.append({"step": "tables", "ok": True, "detail": f"{len(restored)} tables, {rows} rows: counts "
                                                                       "and checksums equal the manifest"})

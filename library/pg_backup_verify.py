@@ -143,7 +143,6 @@ from ansible.module_utils.pgmigrate import connect, connection_argument_spec, li
 from ansible.module_utils.pgmigrate_backup import (
     BackupError,
     check_files,
-    compare_fingerprints,
     create_database_like,
     database_fingerprints,
     drop_database,
@@ -151,6 +150,7 @@ from ansible.module_utils.pgmigrate_backup import (
     manifest_path,
     proof_binding,
     read_manifest,
+    restore_problem,
     run_tool,
     safe_part,
     scratch_name,
@@ -233,10 +233,9 @@ class Verification:
                 "restored_checksum": restored.get(t, {}).get("checksum"),
                 "match": expected.get(t) == restored.get(t)}
             for t in sorted(set(expected) | set(restored))}
-        problems = compare_fingerprints(expected, restored)
-        if problems:
-            raise BackupError(problems[0] + (f" (and {len(problems) - 1} more differences)"
-                                             if len(problems) > 1 else ""))
+        problem = restore_problem(expected, restored)
+        if problem:
+            raise BackupError(problem)
         rows = sum(t["rows"] for t in restored.values())
         self.step("tables", True, f"{len(restored)} tables, {rows} rows: counts and checksums equal the manifest")
 

@@ -168,6 +168,15 @@ def compare_fingerprints(expected: dict, actual: dict, only_counts: bool = False
     return problems
 
 
+def restore_problem(expected: dict, actual: dict) -> str | None:
+    """The first difference between the manifest's tables and a restored copy's, with how many more; None when
+    every table's count and checksum match."""
+    problems = compare_fingerprints(expected, actual)
+    if not problems:
+        return None
+    return problems[0] + (f" (and {len(problems) - 1} more differences)" if len(problems) > 1 else "")
+
+
 def server_version(cur) -> dict:
     cur.execute("SELECT current_setting('server_version'), current_setting('server_version_num')::int")
     text, num = cur.fetchone()
