@@ -6,9 +6,9 @@ VENV        := .venv
 BIN         := $(VENV)/bin
 STATE       := .state
 PG_DIR      := $(STATE)/pg
-# The port the cluster was created or last started on (.state/pg/cluster.json), else 55433;
+# The port the cluster was created or last started on (.state/pg/cluster.json), else 18432;
 # `make demo PG_PORT=N` starts it on N, and the local inventory reads the port from there.
-PG_PORT     ?= $(or $(shell sed -n 's/.*"port": *\([0-9][0-9]*\).*/\1/p' $(PG_DIR)/cluster.json 2>/dev/null),55433)
+PG_PORT     ?= $(or $(shell sed -n 's/.*"port": *\([0-9][0-9]*\).*/\1/p' $(PG_DIR)/cluster.json 2>/dev/null),18432)
 DB_NAME     := football_prediction
 DB_OWNER    := football
 VERSION     ?= 2.0.0

@@ -171,14 +171,14 @@ EXAMPLES = r'''
 - name: Compare the API with the database
   pg_validate:
     mode: functional
-    app_url: http://127.0.0.1:58080
+    app_url: http://127.0.0.1:18080
     expect_revision: v2_0_0
     sample_size: 20
 
 - name: Measure the API's latency under a bounded load
   pg_validate:
     mode: performance
-    app_url: http://127.0.0.1:58080
+    app_url: http://127.0.0.1:18080
     requests: 200
     compare_with: "{{ pgmigrate_perf_before }}"
 '''

@@ -6,7 +6,7 @@ fixture (a temp directory on a free port).  PostgreSQL refuses to run as root, s
 invoked as root the cluster belongs to the ``postgres`` system user (created by Debian's
 postgresql-common package).
 
-    python tools/pgcluster.py start  --dir .state/pg --port 55433 --db football_prediction --owner football
+    python tools/pgcluster.py start  --dir .state/pg --port 18432 --db football_prediction --owner football
     python tools/pgcluster.py stop   --dir .state/pg
     python tools/pgcluster.py status --dir .state/pg
 
@@ -48,9 +48,11 @@ def pg_bindir() -> Path:
     )
 
 
-# Ports the project's own defaults use (nginx 18080, the colours 18081/18082, rolling from 18091):
-# a test or a throw-away cluster never takes them, so `make demo` can run beside the tests.
-_PROJECT_PORTS = range(18000, 18200)
+# The project's fixed ports, all below the kernel's ephemeral range (32768-60999 by default) so no
+# outgoing connection can hold one when its server starts: the demo's PostgreSQL 18432, nginx 18080,
+# the colours 18081/18082, rolling from 18091; the Molecule scenarios' 18280-18282 and 18500-18599.
+# free_port never hands them out, so `make demo` and Molecule can run beside the tests.
+PROJECT_PORTS = range(18000, 18600)
 _LOWEST_PORT = 20000
 _cursor: dict[str, int] = {}  # where this process's walk through its slice of ports stands
 
@@ -97,7 +99,7 @@ def free_port(count: int = 1) -> int:
         base = _cursor["next"]
         _cursor["next"] = start + (base - start + count) % span
         ports = range(base, base + count)
-        if any(p in _PROJECT_PORTS for p in ports):
+        if any(p in PROJECT_PORTS for p in ports):
             continue
         if all(port_is_free(p) for p in ports):
             return base
@@ -113,7 +115,7 @@ class Cluster:
         self.meta_file = self.base / "cluster.json"
         self.secrets = self.base.parent / "secrets"
         meta = self.meta()
-        self.port = port or meta.get("port") or 55433
+        self.port = port or meta.get("port") or 18432
         self.os_user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
         self.bindir = pg_bindir()
 

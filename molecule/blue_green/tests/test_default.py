@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 STATE = "/tmp/pgmigrate-molecule-blue_green/deploy"
-PROXY = "http://127.0.0.1:55512"
+PROXY = "http://127.0.0.1:18512"
 
 
 def test_nginx_serves_release_2_on_green(host):
@@ -28,7 +28,7 @@ def test_both_colours_run_under_supervisord(host):
     out = host.check_output(f"/usr/bin/supervisorctl -c {STATE}/supervisor/supervisord.conf status")
     states = {line.split()[0]: line.split()[1] for line in out.splitlines()}
     assert states == {"app-blue": "RUNNING", "app-green": "RUNNING"}
-    blue = json.loads(host.check_output("curl -fsS http://127.0.0.1:55513/health"))
+    blue = json.loads(host.check_output("curl -fsS http://127.0.0.1:18513/health"))
     assert blue["version"] == "1.0.0"
 
 
