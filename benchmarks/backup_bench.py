@@ -9,14 +9,17 @@ reference database at the 1.0.0 schema (the point where migrate.yml takes its ba
 with examples/football_prediction/seed.py and VACUUM ANALYZE'd.  Then, --repeats times:
 
   plain_dump      `pg_dump -Fc -f FILE` (what the runbook's own script does; trusted when rc == 0)
+  plain_dump_level  the same with `--compress=LEVEL`, the level the backup role passes (--compress, 1)
   plain_restore   `pg_restore --jobs N` of that file into a new database (what a proof must at least cost)
-  ours            one ansible-playbook run of pg_backup with prove=true (dump + per-table counts and
+  ours            one ansible-playbook run of pg_backup with prove=true, compress=LEVEL (dump + per-table counts and
                   checksums in the same snapshot, sha256, manifest, and the proof streamed from the
-                  dump: pg_restore into a scratch database fed from the file as pg_dump writes it,
-                  pg_restore --list, counts and checksums of every table, drop) then pg_backup_verify
+                  dump: pg_restore of the pre-data and data sections into a scratch database fed from
+                  the file as pg_dump writes it, then the post-data section with --jobs workers while
+                  every table's count and checksum is read, pg_restore --list, drop) then pg_backup_verify
                   (the files' size and sha256 against the manifest the proof is bound to)
   ours_after      the same without prove: pg_backup_verify restores after the dump (sha256,
                   pg_restore --list, restore, counts and checksums, drop): the way before issue #16
+  ours_default_level  ours at pg_dump's default compression (no --compress), as plain_dump
 
 Module figures are the modules' own measurements (pg_backup `duration_s`, pg_backup_verify
 `durations`); the ansible-playbook start-up is reported apart (`ours_end_to_end_s`).  Medians
@@ -115,10 +118,11 @@ class Bench:
                 "dbname": self.db}
 
     # -- the three measurements ------------------------------------------------------------
-    def plain_dump(self, i: int) -> tuple[float, Path]:
+    def plain_dump(self, i: int, level: int | None = None) -> tuple[float, Path]:
         path = self.work / f"plain-{i}.dump"
         start = time.monotonic()
-        subprocess.run(["pg_dump", "-Fc", "-f", str(path)], env=self.env(self.db), check=True)
+        subprocess.run(["pg_dump", "-Fc", "-f", str(path)] + ([f"--compress={level}"] if level is not None else []),
+                       env=self.env(self.db), check=True)
         return time.monotonic() - start, path
 
     def plain_restore(self, path: Path) -> float:
@@ -136,7 +140,7 @@ class Bench:
         conn.close()
         return elapsed
 
-    def ours(self, i: int, stream: bool = True) -> dict:
+    def ours(self, i: int, stream: bool = True, compress: int | None = None) -> dict:
         backup_dir = self.work / f"ours-{i}"
         result_file = self.work / f"ours-{i}.json"
         conn = {"login_host": "127.0.0.1", "login_port": self.port, "login_user": OWNER,
@@ -144,7 +148,8 @@ class Bench:
         play = [{"name": "Back up and prove", "hosts": "localhost", "gather_facts": False, "tasks": [
             {"name": "Dump", "pg_backup": {**conn, "backup_dir": str(backup_dir), "version": "2.0.0",
                                            "run_id": i, "jobs": self.args.jobs, "format": self.args.format,
-                                           "prove": stream},
+                                           "prove": stream,
+                                           **({"compress": str(compress)} if compress is not None else {})},
              "register": "dumped"},
             {"name": "Verify", "pg_backup_verify": {**conn, "backup_path": "{{ dumped.backup_path }}",
                                                     "run_id": i, "jobs": self.args.jobs},
@@ -179,8 +184,9 @@ class Bench:
 
     def run(self) -> dict:
         facts = self.seed()
-        plain_dump, plain_restore, ours, after = [], [], [], []
-        plain_size = 0
+        level = self.args.compress
+        plain_dump, plain_level, plain_restore, ours, after, default_level = [], [], [], [], [], []
+        plain_size = plain_level_size = 0
         for i in range(1, self.args.repeats + 1):
             log(f"repeat {i}/{self.args.repeats}: plain pg_dump -Fc")
             elapsed, path = self.plain_dump(i)
@@ -189,21 +195,34 @@ class Bench:
             log(f"repeat {i}/{self.args.repeats}: plain pg_restore --jobs {self.args.jobs}")
             plain_restore.append(self.plain_restore(path))
             path.unlink()
-            log(f"repeat {i}/{self.args.repeats}: pg_backup prove=true (streamed proof) + pg_backup_verify")
-            ours.append(self.ours(i))
+            log(f"repeat {i}/{self.args.repeats}: plain pg_dump -Fc --compress={level}")
+            elapsed, path = self.plain_dump(i, level)
+            plain_level.append(elapsed)
+            plain_level_size = path.stat().st_size
+            path.unlink()
+            log(f"repeat {i}/{self.args.repeats}: pg_backup prove=true compress={level} (streamed proof) + "
+                "pg_backup_verify")
+            ours.append(self.ours(i, compress=level))
             assert ours[-1]["verified"] is True
             log(f"repeat {i}/{self.args.repeats}: pg_backup + pg_backup_verify restoring after the dump")
-            after.append(self.ours(i + 1000, stream=False))
+            after.append(self.ours(i + 1000, stream=False, compress=level))
             assert after[-1]["verified"] is True
+            log(f"repeat {i}/{self.args.repeats}: pg_backup prove=true at pg_dump's default compression")
+            default_level.append(self.ours(i + 2000))
+            assert default_level[-1]["verified"] is True
         med = {k: median([o[k] for o in ours]) for k in ours[0] if k not in ("verified", "size_bytes", "streamed")}
         med_after = {k: median([o[k] for o in after]) for k in ("dump_s", "verify_s", "end_to_end_s")}
+        med_default = {k: median([o[k] for o in default_level]) for k in ("dump_s", "verify_s")}
+        default_total = round(med_default["dump_s"] + med_default["verify_s"], 3)
+        plain_level_s = median(plain_level)
         after_total = round(med_after["dump_s"] + med_after["verify_s"], 3)
         plain_dump_s, plain_restore_s = median(plain_dump), median(plain_restore)
         dump_verify = round(med["dump_s"] + med["verify_s"], 3)
         return {
             "predictions": facts["predictions"], "database_size_bytes": facts["database_size_bytes"],
-            "repeats": self.args.repeats, "jobs": self.args.jobs, "format": self.args.format,
+            "repeats": self.args.repeats, "jobs": self.args.jobs, "format": self.args.format, "compress": level,
             "plain_dump_s": plain_dump_s, "plain_dump_size_bytes": plain_size,
+            "plain_dump_level_s": plain_level_s, "plain_dump_level_size_bytes": plain_level_size,
             "plain_restore_s": plain_restore_s,
             "ours_dump_s": med["dump_s"], "ours_size_bytes": ours[-1]["size_bytes"],
             "ours_verify_s": med["verify_s"],
@@ -214,8 +233,14 @@ class Bench:
             "ours_end_to_end_s": med["end_to_end_s"],
             "ours_after": {"dump_s": med_after["dump_s"], "verify_s": med_after["verify_s"],
                            "dump_plus_verify_s": after_total, "end_to_end_s": med_after["end_to_end_s"]},
+            "ours_default_level": {"dump_s": med_default["dump_s"], "verify_s": med_default["verify_s"],
+                                   "dump_plus_verify_s": default_total,
+                                   "size_bytes": default_level[-1]["size_bytes"]},
             "ratios": {
                 "dump_plus_verify_vs_plain_dump": round(dump_verify / plain_dump_s, 2),
+                "dump_plus_verify_vs_plain_dump_same_level": round(dump_verify / plain_level_s, 2),
+                "default_level_dump_plus_verify_vs_plain_dump": round(default_total / plain_dump_s, 2),
+                "size_vs_plain_dump": round(ours[-1]["size_bytes"] / plain_size, 2),
                 "after_dump_plus_verify_vs_plain_dump": round(after_total / plain_dump_s, 2),
                 "streamed_vs_after": round(dump_verify / after_total, 2),
                 "dump_only_vs_plain_dump": round(med["dump_s"] / plain_dump_s, 2),
@@ -224,8 +249,9 @@ class Bench:
             },
             "verify_cost_beyond_its_restore_s": round(med["verify_s"] - med["verify_restore_s"], 3),
             "samples": {"plain_dump_s": [round(x, 3) for x in plain_dump],
+                        "plain_dump_level_s": [round(x, 3) for x in plain_level],
                         "plain_restore_s": [round(x, 3) for x in plain_restore], "ours": ours,
-                        "ours_after": after},
+                        "ours_after": after, "ours_default_level": default_level},
         }
 
 
@@ -235,6 +261,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--format", choices=["custom", "directory"], default="custom")
+    parser.add_argument("--compress", type=int, default=1, help="pg_backup's level (the backup role's default, 1)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     bench = Bench(args)
@@ -245,10 +272,11 @@ def main() -> None:
         bench.stop()
     command = ".venv/bin/python benchmarks/backup_bench.py " + " ".join(
         f"--{k} {v}" for k, v in (("predictions", args.predictions), ("repeats", args.repeats),
-                                  ("jobs", args.jobs), ("format", args.format)))
+                                  ("jobs", args.jobs), ("format", args.format), ("compress", args.compress)))
     report = {"reproduce": command, "what": "median seconds; pg_backup (proof streamed from the dump) + "
                                             "pg_backup_verify, and the proof restored after the dump, vs plain "
-                                            "pg_dump -Fc, side by side in one run",
+                                            "pg_dump -Fc (and at the same --compress level), side by side in one "
+                                            "run",
               "measured_at": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "pg_dump": subprocess.run(["pg_dump", "--version"], check=False, capture_output=True,
@@ -260,7 +288,10 @@ def main() -> None:
     print(f"{report['predictions']:,} predictions ({report['database_size_bytes'] / 1e6:.0f} MB): "
           f"plain pg_dump -Fc {report['plain_dump_s']} s; pg_backup {report['ours_dump_s']} s + "
           f"pg_backup_verify {report['ours_verify_s']} s = {report['ours_dump_plus_verify_s']} s "
-          f"-> {r['dump_plus_verify_vs_plain_dump']}x (target <= 1.3x); restoring after the dump: "
+          f"-> {r['dump_plus_verify_vs_plain_dump']}x (target <= 1.3x; "
+          f"{r['dump_plus_verify_vs_plain_dump_same_level']}x "
+          f"plain at --compress={report['compress']}, {r['default_level_dump_plus_verify_vs_plain_dump']}x ours at "
+          f"pg_dump's default level); restoring after the dump: "
           f"{report['ours_after']['dump_plus_verify_s']} s -> {r['after_dump_plus_verify_vs_plain_dump']}x "
           f"(plain restore {report['plain_restore_s']} s)\nwrote {args.output}")
 

@@ -67,7 +67,12 @@ options:
     type: int
     default: 2
   compress:
-    description: C(pg_dump --compress) value; unset leaves C(pg_dump)'s default.
+    description:
+      - C(pg_dump --compress) value (V(0) to V(9) for gzip levels); unset leaves C(pg_dump)'s default (gzip level 6
+        for the custom format).
+      - The backup role passes V(1) unless told otherwise (C(backup_compress), the plan's C(backup.compress)). On the
+        reference database it dumps about three times faster than the default for about a quarter more bytes, and
+        the backup is on the maintenance window's critical path.
     type: str
   pg_dump_path:
     description: The C(pg_dump) to use (a path or a name on C(PATH)).
@@ -101,10 +106,13 @@ options:
   prove:
     description:
       - Prove the backup while it is being dumped (O(format=custom) only). A thread reads the file as C(pg_dump)
-        writes it and pipes it to a C(pg_restore) into a new scratch database (O(scratch_prefix), the run id and
-        random characters); once both have ended, the checks of M(pg_backup_verify) run on the result (the
-        file's size and sha256, the table of contents, the restore's exit status, every table's count and
-        checksum against the manifest), and the manifest records the proof, bound to its sha256 and tables.
+        writes it and pipes it to a C(pg_restore --section=pre-data --section=data) into a new scratch database
+        (O(scratch_prefix), the run id and random characters). When pg_dump has ended, the post-data section
+        (indexes, constraints) is restored from the complete file with O(jobs) parallel workers while every
+        table's count and checksum is read, a table at a time. Then the checks of M(pg_backup_verify) are made on
+        the result (the file's size and sha256, the table of contents, both restores' exit statuses, every table's
+        count and checksum against the manifest), and the manifest records the proof, bound to its sha256 and
+        tables.
         M(pg_backup_verify) then finds it proven and does not restore it again.
       - The proof costs about the dump's own time instead of a second, sequential restore. When the streamed
         proof fails, the backup and its manifest are kept unproven (RV(proof_error)) for M(pg_backup_verify) to
@@ -229,12 +237,12 @@ from ansible.module_utils.pgmigrate_backup import (
     BackupError,
     StreamedProof,
     backup_name,
-    database_fingerprints,
     ensure_private_dir,
     file_digests,
     find_run_backups,
     find_tool,
     fingerprint_tables,
+    fingerprints_table_by_table,
     list_tables,
     manifest_path,
     proof_binding,
@@ -355,7 +363,7 @@ def dump(module, conn, p: dict, facts: dict, commands: list) -> dict:
                 proc = None
             conn.rollback()
             if proof is not None:
-                proof_problem = proof.finish(rc == 0)
+                proof_problem = proof.finish(rc == 0, read_tables=lambda: read_scratch(module, proof, excluded))
             if rc != 0:
                 stderr_file.seek(0)
                 raise BackupError(f"pg_dump failed (rc={rc}): {tail(stderr_file.read())}")
@@ -412,7 +420,7 @@ def start_proof(module, p: dict, partial: str, db_settings: dict, commands: list
     (None, why it could not start): the dump goes on without it."""
     admin = connect(module, autocommit=True)
     proof = StreamedProof(admin, p["pg_restore_path"], lambda db: libpq_env(p, dbname=db),
-                          scratch_name(p["scratch_prefix"], p["run_id"]), db_settings)
+                          scratch_name(p["scratch_prefix"], p["run_id"]), db_settings, jobs=p["jobs"])
     try:
         proof.begin(partial)
     except BackupError as exc:
@@ -426,7 +434,18 @@ def start_proof(module, p: dict, partial: str, db_settings: dict, commands: list
         admin.close()
         raise
     commands.append(list(proof.argv) + [f"< {partial} (read while pg_dump writes it)"])
+    commands.append(list(proof.post_argv) + ["(after pg_dump, while the tables are read)"])
     return proof, None
+
+
+def read_scratch(module, proof: StreamedProof, excluded: list[str]) -> dict:
+    """Every table's count and checksum in the proof's scratch database, a table at a time (its post-data section is
+    restored meanwhile)."""
+    conn = connect(module, dbname=proof.scratch)
+    try:
+        return fingerprints_table_by_table(conn, excluded)
+    finally:
+        conn.close()
 
 
 def finish_proof(module, p: dict, proof: StreamedProof, problem: str | None, manifest: dict, final: str,
@@ -435,7 +454,7 @@ def finish_proof(module, p: dict, proof: StreamedProof, problem: str | None, man
     tables) and the module's result fields."""
     steps = [{"step": "files", "ok": True, "detail": f"size {manifest['size_bytes']} bytes and sha256 "
                                                     f"{manifest['sha256'][:12]}... computed from the written file"}]
-    durations = {"restore_s": proof.restore_s}
+    durations = {"restore_s": proof.restore_s, "data_s": proof.data_s}
     out: dict = {}
     try:
         if problem is None:
@@ -447,16 +466,12 @@ def finish_proof(module, p: dict, proof: StreamedProof, problem: str | None, man
                                                                    f"of all {len(manifest['tables'])} tables present"})
                 steps.append({"step": "restore", "ok": True,
                               "detail": f"restored into scratch database {proof.scratch} while dumping "
-                                        f"({proof.fed_bytes} bytes streamed), pg_restore ended {proof.restore_s} s "
-                                        "after it started"})
+                                        f"({proof.fed_bytes} bytes streamed; the data restored {proof.data_s} s "
+                                        f"after the start, the post-data section with {proof.jobs} jobs "
+                                        f"{proof.restore_s} s after it)"})
         if problem is None:
-            t0 = time.monotonic()
-            conn = connect(module, dbname=proof.scratch)
-            try:
-                restored = database_fingerprints(conn, manifest)
-            finally:
-                conn.close()
-            durations["tables_s"] = round(time.monotonic() - t0, 3)
+            restored = proof.restored or {}
+            durations["tables_s"] = proof.tables_s
             problem = restore_problem(manifest["tables"], restored)
             if problem is None:
                 rows = sum(t["rows"] for t in restored.values())

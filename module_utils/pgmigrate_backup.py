@@ -100,6 +100,23 @@ def database_fingerprints(conn, manifest: dict) -> dict:
     return found
 
 
+def fingerprints_table_by_table(conn, exclude_schemas: list[str]) -> dict:
+    """fingerprint_tables of every table of a restored copy nobody writes to, each table in its own short read-only
+    transaction: its lock is held only while it is read, so the copy's indexes and constraints can be built
+    meanwhile (an ALTER TABLE ... ADD PRIMARY KEY waits for one table's read, not for all of them)."""
+    conn.set_session(readonly=True)
+    with conn.cursor() as cur:
+        tables = list_tables(cur, exclude_schemas)
+    conn.rollback()
+    found = {}
+    for schema, table in tables:
+        with conn.cursor() as cur:
+            pin_output_settings(cur)
+            found[f"{schema}.{table}"] = table_fingerprint(cur, schema, table)
+        conn.rollback()
+    return found
+
+
 def create_database_like(cur, name: str, manifest: dict) -> None:
     """CREATE DATABASE name from template0 with the backed-up database's encoding and collation (when its manifest
     records them); on an autocommit connection."""
@@ -447,31 +464,44 @@ class StreamedProof:
     """The proof's restore fed from a custom-format dump while pg_dump writes it.
 
     pg_dump writes its file as usual (with the data offsets it adds at the end).  A thread reads
-    the file as it grows and pipes it to a single ``pg_restore`` into a new scratch database; the
-    table of contents at the head of the file was written before any data, without offsets, so
-    pg_restore reads the stream in order, as from a pipe.  When pg_dump has exited, the rest of
-    the file goes to pg_restore; its exit status, then the tables' counts and checksums in the
-    scratch database against the manifest's (taken in the dump's snapshot) are the proof."""
+    the file as it grows and pipes it to a ``pg_restore --section=pre-data --section=data`` into a
+    new scratch database; the table of contents at the head of the file was written before any
+    data, without offsets, so pg_restore reads the stream in order, as from a pipe.  When pg_dump
+    has exited, the rest of the file goes to that pg_restore.  Then, side by side: the post-data
+    section (indexes, constraints, triggers) is restored from the complete file with ``--jobs``
+    parallel workers, and every table's count and checksum is read from the scratch database (a
+    table at a time, so an index build never waits long for the read).  Both pg_restore exit
+    statuses, then the tables against the manifest's (taken in the dump's snapshot), are the proof."""
 
     CHUNK = 1 << 20
 
-    def __init__(self, admin, pg_restore: str, env_for, scratch: str, settings: dict) -> None:
+    def __init__(self, admin, pg_restore: str, env_for, scratch: str, settings: dict, jobs: int = 2) -> None:
         self.admin = admin  # an autocommit connection to create and drop the scratch database
         self.pg_restore = pg_restore
         self.env_for = env_for  # dbname -> libpq environment
         self.scratch = scratch
         self.settings = settings
+        self.jobs = max(1, jobs)
         self.path: str | None = None
         self.proc: subprocess.Popen | None = None
+        self.post: subprocess.Popen | None = None
         self.thread: threading.Thread | None = None
         self.dump_done = threading.Event()
         self.feed_error: str | None = None
         self.fed_bytes = 0
         self.created = False
         self.started = 0.0
-        self.restore_s: float | None = None
+        self.data_s: float | None = None  # pre-data and data restored (from the start)
+        self.restore_s: float | None = None  # the whole restore, post-data included (from the start)
+        self.tables_s: float | None = None  # reading every table's count and checksum
+        self.restored: dict | None = None  # the scratch database's tables: {'schema.table': {rows, checksum}}
         self.stderr = None
         self.argv: list[str] = []
+        self.post_argv: list[str] = []
+
+    def _restore_argv(self, *extra: str) -> list[str]:
+        return [self.pg_restore, "--no-password", "--exit-on-error", "--no-owner", "--no-privileges", *extra,
+                f"--dbname={self.scratch}"]
 
     def begin(self, path: str) -> None:
         """Create the scratch database and start pg_restore and the feeding thread (pg_dump starts writing path)."""
@@ -483,8 +513,8 @@ class StreamedProof:
                                   "login role needs CREATEDB (ALTER ROLE ... CREATEDB)") from exc
         self.created = True
         self.path = path
-        self.argv = [self.pg_restore, "--no-password", "--exit-on-error", "--no-owner", "--no-privileges",
-                     f"--dbname={self.scratch}"]
+        self.argv = self._restore_argv("--section=pre-data", "--section=data")
+        self.post_argv = self._restore_argv("--section=post-data", f"--jobs={self.jobs}") + [path]
         self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 -- closed in finish() or kill()
         self.started = time.monotonic()
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
@@ -525,8 +555,16 @@ class StreamedProof:
             except OSError:
                 pass
 
-    def finish(self, dump_ok: bool, timeout: float | None = None) -> str | None:
-        """After pg_dump has exited: the rest of the file to pg_restore, wait for it; the problem, or None."""
+    def _errors(self) -> str:
+        self.stderr.seek(0)
+        errors = self.stderr.read()
+        self.stderr.seek(0)
+        self.stderr.truncate()
+        return errors
+
+    def finish(self, dump_ok: bool, read_tables=None, timeout: float | None = None) -> str | None:
+        """After pg_dump has exited: the rest of the file to pg_restore, wait for it; then the post-data section
+        restored while ``read_tables()`` (-> the scratch database's fingerprints) runs; the problem, or None."""
         self.dump_done.set()
         if not dump_ok:
             self.kill()
@@ -537,21 +575,44 @@ class StreamedProof:
         except subprocess.TimeoutExpired:
             self.kill()
             return f"pg_restore into the scratch database did not finish within {timeout} s"
-        self.restore_s = round(time.monotonic() - self.started, 3)
-        self.stderr.seek(0)
-        errors = self.stderr.read()
-        self.stderr.close()
+        self.data_s = round(time.monotonic() - self.started, 3)
         if rc != 0:
-            return f"pg_restore into the scratch database failed (rc={rc}): {tail(errors)}"
+            problem = f"pg_restore into the scratch database failed (rc={rc}): {tail(self._errors())}"
+            self.kill()
+            return problem
         if self.feed_error:
+            self.kill()
             return self.feed_error
-        return None
+        # The file is complete (pg_dump has exited): the post-data section in parallel, from the file.
+        self.post = subprocess.Popen(self.post_argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=self.stderr, env=self.env_for(self.scratch))
+        read_problem = None
+        if read_tables is not None:
+            t0 = time.monotonic()
+            try:
+                self.restored = read_tables()
+            except Exception as exc:  # the post-data restore is still waited for below
+                read_problem = f"reading the restored tables failed: {str(exc).strip()}"
+            self.tables_s = round(time.monotonic() - t0, 3)
+        try:
+            post_rc = self.post.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return f"pg_restore of the post-data section did not finish within {timeout} s"
+        self.restore_s = round(time.monotonic() - self.started, 3)
+        errors = self._errors()
+        self.stderr.close()
+        if post_rc != 0:
+            return (f"pg_restore of the post-data section (indexes, constraints, triggers) into the scratch database "
+                    f"failed (rc={post_rc}): {tail(errors)}")
+        return read_problem
 
     def kill(self) -> None:
         self.dump_done.set()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        for proc in (self.proc, self.post):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
         if self.thread is not None:
             self.thread.join(10)
         if self.stderr is not None and not self.stderr.closed:

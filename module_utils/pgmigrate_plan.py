@@ -133,6 +133,8 @@ PLAN_SPEC: dict[str, Any] = {
             "enabled": {"type": "bool"},
             "format": {"type": "str", "choices": ["custom", "directory"]},
             "jobs": {"type": "int", "min": 1},
+            "compress": {"type": "int", "min": 0, "max": 9,
+                         "doc": "pg_dump gzip level, 0-9 (default 1: about 3x faster than pg_dump's 6)"},
             "verify": {"type": "bool"},
             "stream_proof": {"type": "bool", "doc": "prove a custom-format backup while it is dumped (default true)"},
             "retain": {"type": "int", "min": 1},

@@ -446,3 +446,33 @@ def test_streamed_proof_that_fails_keeps_the_backup_unproven(pg, backed_up, tmp_
     assert manifest["verified"] is False and manifest["tables"] == source_tables(pg, db)
     proven = run_module("pg_backup_verify", {**conn_args(pg, db), "backup_path": res["backup_path"]}, tmp_path)
     assert proven["verified"] is True and proven["changed"] is True, proven.get("msg")
+
+
+def test_streamed_proof_catches_an_index_that_does_not_restore(pg, reference_template, tmp_path):
+    """A dump that pg_dump writes without error but whose post-data section cannot be restored: an index on a
+    function that calls another one unqualified (pg_restore runs with an empty search_path, so the inner function
+    is not found when the index is built). The proof restores the post-data section after the dump, in parallel
+    with reading the tables: it must fail there, say so, and keep the backup unproven; the restore after the dump
+    (pg_backup_verify) rejects it too."""
+    db = pg.create_database(template=reference_template)
+    try:
+        conn = pg.connect(db)
+        with conn.cursor() as cur:
+            cur.execute("CREATE FUNCTION public.inner_score(integer) RETURNS integer LANGUAGE sql IMMUTABLE "
+                        "AS 'SELECT $1 + 1'")
+            cur.execute("CREATE FUNCTION public.outer_score(integer) RETURNS integer LANGUAGE sql IMMUTABLE "
+                        "AS 'SELECT inner_score($1)'")
+            cur.execute("CREATE INDEX predictions_outer_score ON public.predictions (public.outer_score(id::integer))")
+        conn.close()
+        res = stream_backup(pg, db, tmp_path)
+        assert res.get("failed") is not True, res.get("msg")
+        assert res["verified"] is False, res["msg"]
+        assert "post-data section" in res["proof_error"] and "inner_score" in res["proof_error"], res["proof_error"]
+        assert "the streamed proof failed" in res["msg"] and scratch_databases(pg) == []
+        manifest = json.loads(Path(res["manifest_path"]).read_text())
+        assert manifest["verified"] is False and manifest["tables"] == source_tables(pg, db)
+        verified = run_module("pg_backup_verify", {**conn_args(pg, db), "backup_path": res["backup_path"]}, tmp_path)
+        assert verified.get("failed") is True and "inner_score" in verified["msg"], verified.get("msg")
+        assert scratch_databases(pg) == []
+    finally:
+        pg.drop_database(db)
