@@ -51,7 +51,8 @@ clean: down  ## Stop everything and remove the local state (database, backups, l
 	rm -rf $(STATE) .ansible reports/*/
 
 test: bootstrap  ## Run the whole test suite (pytest against a real PostgreSQL, Molecule, lint); CI runs this
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	@mkdir -p $(STATE)/logs
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --junitxml=$(STATE)/logs/pytest.xml $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-molecule
 	$(MAKE) --no-print-directory lint
 

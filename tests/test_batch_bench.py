@@ -17,11 +17,14 @@ def test_bench_smoke_run_writes_the_result_shape(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["rows"] == 3000
-    for method in ("runbook_loop", "single_update", "batch_sql", "batch_python"):
+    for method in ("runbook_loop", "single_update", "batch_sql", "batch_python", "batch_python_paced"):
         figures = result["methods"][method]
         assert {"wall_s", "rows_per_s", "max_lock_ms", "load_p99_ms", "load_max_ms", "load_completed"} <= set(figures)
         assert figures["rows_per_s"] > 0
-    assert set(result["ratios"]) == {"batch_sql_vs_single", "batch_python_vs_single", "batch_sql_vs_runbook"}
+    assert set(result["ratios"]) == {"batch_sql_vs_single", "batch_python_vs_single", "batch_python_paced_vs_single",
+                                     "batch_sql_vs_runbook"}
+    # The paced Python run had room for two workers (the pace chose how many).
+    assert result["methods"]["batch_python_paced"]["pace"]["workers_used"]
     assert result["memory"]["peak_mb_1m"] > 0 and result["memory"]["peak_mb_5m"] > 0
     # Every method wrote exactly the rows the single UPDATE wrote.
     assert all(result["same_result_as_single_update"].values())
