@@ -389,6 +389,8 @@ def dump(module, conn, p: dict, facts: dict, commands: list) -> dict:
             elif proof_problem:
                 verification = {"proof_error": proof_problem, "scratch_kept": False}
             write_manifest(mpath, manifest)
+            if proof is not None:
+                proof.admin.close()  # after the manifest: a failure writing it still drops the kept copy
         except BaseException as exc:
             if proc is not None:
                 proc.kill()
@@ -456,50 +458,47 @@ def finish_proof(module, p: dict, proof: StreamedProof, problem: str | None, man
                                                     f"{manifest['sha256'][:12]}... computed from the written file"}]
     durations = {"restore_s": proof.restore_s, "data_s": proof.data_s}
     out: dict = {}
-    try:
+    if problem is None:
+        t0 = time.monotonic()
+        problem, entries = toc_problem(p["pg_restore_path"], final, manifest["tables"], libpq_env(p))
+        durations["toc_s"] = round(time.monotonic() - t0, 3)
         if problem is None:
-            t0 = time.monotonic()
-            problem, entries = toc_problem(p["pg_restore_path"], final, manifest["tables"], libpq_env(p))
-            durations["toc_s"] = round(time.monotonic() - t0, 3)
-            if problem is None:
-                steps.append({"step": "toc", "ok": True, "detail": f"pg_restore --list read {entries} entries; data "
-                                                                   f"of all {len(manifest['tables'])} tables present"})
-                steps.append({"step": "restore", "ok": True,
-                              "detail": f"restored into scratch database {proof.scratch} while dumping "
-                                        f"({proof.fed_bytes} bytes streamed; the data restored {proof.data_s} s "
-                                        f"after the start, the post-data section with {proof.jobs} jobs "
-                                        f"{proof.restore_s} s after it)"})
+            steps.append({"step": "toc", "ok": True, "detail": f"pg_restore --list read {entries} entries; data "
+                                                               f"of all {len(manifest['tables'])} tables present"})
+            steps.append({"step": "restore", "ok": True,
+                          "detail": f"restored into scratch database {proof.scratch} while dumping "
+                                    f"({proof.fed_bytes} bytes streamed; the data restored {proof.data_s} s "
+                                    f"after the start, the post-data section with {proof.jobs} jobs "
+                                    f"{proof.restore_s} s after it)"})
+    if problem is None:
+        restored = proof.restored or {}
+        durations["tables_s"] = proof.tables_s
+        problem = restore_problem(manifest["tables"], restored)
         if problem is None:
-            restored = proof.restored or {}
-            durations["tables_s"] = proof.tables_s
-            problem = restore_problem(manifest["tables"], restored)
-            if problem is None:
-                rows = sum(t["rows"] for t in restored.values())
-                steps.append({"step": "tables", "ok": True, "detail": f"{len(restored)} tables, {rows} rows: counts "
-                                                                      "and checksums equal the manifest"})
-        ok = problem is None
-        kept = ok and p["keep_scratch"]
-        dropped = False if kept else proof.drop()
-        if not ok:
-            steps.append({"step": "failed", "ok": False, "detail": problem})
-        durations["total_s"] = round(time.monotonic() - started, 3)
-        now = utc_now_iso()
-        manifest = dict(manifest, verified=ok, verified_at=now if ok else None)
-        manifest["verification"] = {"ok": ok, "at": now, "error": problem, "how": "streamed while dumping",
-                                    "steps": steps, "durations": durations,
-                                    "scratch_db": proof.scratch if kept else None,
-                                    "binding": proof_binding(manifest) if ok else None}
-        out.update(manifest=manifest, proof_steps=steps, proof_durations=durations, scratch_kept=kept,
-                   scratch_dropped=dropped)
-        if kept:
-            out["scratch_db"] = proof.scratch
-        if ok:
-            out["proof"] = (f"restored while dumping into {proof.scratch} and every table's count and checksum "
-                            "equals the manifest" + ("; the copy is kept for the rehearsal" if kept else ""))
-        else:
-            out["proof_error"] = problem
-    finally:
-        proof.admin.close()
+            rows = sum(t["rows"] for t in restored.values())
+            steps.append({"step": "tables", "ok": True, "detail": f"{len(restored)} tables, {rows} rows: counts "
+                                                                  "and checksums equal the manifest"})
+    ok = problem is None
+    kept = ok and p["keep_scratch"]
+    dropped = False if kept else proof.drop()
+    if not ok:
+        steps.append({"step": "failed", "ok": False, "detail": problem})
+    durations["total_s"] = round(time.monotonic() - started, 3)
+    now = utc_now_iso()
+    manifest = dict(manifest, verified=ok, verified_at=now if ok else None)
+    manifest["verification"] = {"ok": ok, "at": now, "error": problem, "how": "streamed while dumping",
+                                "steps": steps, "durations": durations,
+                                "scratch_db": proof.scratch if kept else None,
+                                "binding": proof_binding(manifest) if ok else None}
+    out.update(manifest=manifest, proof_steps=steps, proof_durations=durations, scratch_kept=kept,
+               scratch_dropped=dropped)
+    if kept:
+        out["scratch_db"] = proof.scratch
+    if ok:
+        out["proof"] = (f"restored while dumping into {proof.scratch} and every table's count and checksum "
+                        "equals the manifest" + ("; the copy is kept for the rehearsal" if kept else ""))
+    else:
+        out["proof_error"] = problem
     return out
 
 
