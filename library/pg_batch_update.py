@@ -165,8 +165,9 @@ options:
     type: int
   max_foreground_p99_ms:
     description:
-      - The application's latency budget while the backfill runs, in milliseconds. A probe connection times a
-        cheap indexed read of the target every 20 ms (a key a batch has just written); about once a second the
+      - The application's latency budget while the backfill runs, in milliseconds. A probe, a small Python process
+        of its own with its own connection (so the module's threads never delay it), times a cheap indexed read
+        of the target every 20 ms (a key a batch has just written); about every two seconds the
         p99 of the latest probes steers the pace. Over the budget, one worker fewer, then shorter batches (down
         to 20 ms), then longer pauses (up to O(max_pause_ms)); under half of it, the same steps back, up to
         O(target_batch_ms) and O(max_workers). The current workers, batch time, pause and measured p99 are in
@@ -414,6 +415,7 @@ from ansible.module_utils.pgmigrate import (
     RUN_APP_PREFIX,
     connect,
     connection_argument_spec,
+    connection_kwargs,
 )
 from ansible.module_utils.pgmigrate_batch import (
     Backfill,
@@ -537,7 +539,9 @@ def main() -> None:
     # The run's sessions carry its id: the migration lock is not stale while one of them is connected.
     app = (f"{RUN_APP_PREFIX}{spec.run_id} backfill {spec.name}" if spec.run_id is not None
            else f"pgmigrate-ops:pg_batch_update:{spec.name}")[:63]
-    engine = Backfill(spec, lambda: connect(module, application_name=app))
+    # The pace's probe runs as a process of its own with the same connection (its keywords go to it on stdin).
+    engine = Backfill(spec, lambda: connect(module, application_name=app),
+                      probe_conn=dict(connection_kwargs(module.params), application_name=app))
     try:
         try:
             engine.prepare()

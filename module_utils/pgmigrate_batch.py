@@ -43,6 +43,7 @@ import io
 import json
 import os
 import random
+import subprocess
 import sys
 import threading
 import time
@@ -80,6 +81,64 @@ TEMP_TABLE = "pgmigrate_backfill_rows"  # per connection: the key and the new va
 TMP_PREFIX = "pgmigrate_"  # the temp tables' column names, apart from any target column a filter may name
 WATCH_INTERVAL_S = 1.0  # how often a running backfill checks that its controlling playbook lives
 PROBE_INTERVAL_S = 0.02  # the pace's foreground probe: one cheap query on the target every 20 ms
+
+# The pace's probe as a process of its own (``python -c``): a thread of the module's process would
+# wait for the GIL whenever a transform thread (reniced, so often preempted while it holds it) has
+# it, and time that wait as the foreground's.  Its first stdin line is its configuration (the
+# connection's keywords, the password among them: never argv or environment); the next ones are
+# keys a batch has just written.  It writes one line per probe: "ok <ms>", "slow <ms>" (cancelled
+# by its statement timeout) or "error <why>"; it ends when its stdin closes.
+PROBE_PROCESS = r"""
+import collections, json, os, random, sys, threading, time
+import psycopg2
+import psycopg2.errors
+cfg = json.loads(sys.stdin.readline())
+keys = collections.deque(maxlen=256)
+def feed():
+    for line in sys.stdin:
+        try:
+            keys.append(json.loads(line))
+        except ValueError:
+            pass
+    os._exit(0)
+out = sys.stdout
+try:
+    conn = psycopg2.connect(**cfg["conn"])
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("SET statement_timeout = %s", (cfg["timeout"],))
+except Exception as exc:
+    out.write("error " + " ".join(str(exc).split())[:300] + "\n")
+    out.flush()
+    sys.exit(1)
+threading.Thread(target=feed, daemon=True).start()
+interval, by_key, rng = cfg["interval"], cfg["sql"], random.Random()
+due = time.perf_counter()
+while True:
+    due += interval
+    wait = due - time.perf_counter()
+    if wait > 0:
+        time.sleep(wait)
+    key = rng.choice(keys) if keys else None
+    status = "ok"
+    try:
+        if key is None:
+            cur.execute("SELECT 1")
+        else:
+            cur.execute(by_key, key)
+        cur.fetchall()
+    except psycopg2.errors.QueryCanceled:
+        status = "slow"
+    except Exception as exc:
+        out.write("error " + type(exc).__name__ + ": " + " ".join(str(exc).split())[:300] + "\n")
+        out.flush()
+        sys.exit(1)
+    now = time.perf_counter()
+    out.write("%s %.3f\n" % (status, (now - due) * 1000.0))
+    out.flush()
+    if now - due > interval:
+        due = now
+"""
 PACE_MIN_SAMPLES = 100  # probes behind each pace decision (two seconds of them; their p99 is the 2nd highest)
 PACE_FLOOR_BATCH_MS = 20  # the shortest batch the pace asks for (per-batch overhead dominates below)
 RETRYABLE_SQLSTATES = {"55P03": "lock timeout", "40P01": "deadlock", "40001": "serialization failure",
@@ -944,8 +1003,11 @@ class Pace:
     and the plan's settings hold."""
 
     def __init__(self, spec: Spec, target: Target, stmts: Statements, connect: Callable[[], Any],
-                 ranges: int) -> None:
+                 ranges: int, probe_conn: dict | None = None) -> None:
         self.spec = spec
+        self.probe_conn = probe_conn  # libpq keywords: the probe runs as a process of its own (PROBE_PROCESS)
+        self.proc: subprocess.Popen | None = None
+        self.proc_lock = threading.Lock()
         self.stmts = stmts
         self.target = target
         self.connect = connect
@@ -1004,6 +1066,14 @@ class Pace:
     def wrote(self, key: list | None) -> None:
         if key is not None and self.enabled:
             self.keys.append(tuple(key))
+            if self.proc is not None:
+                line = json.dumps(list(key), default=str) + "\n"
+                with self.proc_lock:
+                    try:
+                        self.proc.stdin.write(line)
+                        self.proc.stdin.flush()
+                    except (OSError, ValueError):
+                        pass  # the probe process has ended: its reader says why
 
     def pause_s(self) -> float:
         return max(self.pause_ms, self.min_pause) / 1000.0
@@ -1012,6 +1082,8 @@ class Pace:
     def start(self, progress: Progress) -> None:
         self.progress = progress
         if not self.enabled:
+            return
+        if self.probe_conn is not None and self.start_process():
             return
         if self.spec.python:
             # The transform holds the GIL in slices of the switch interval (5 ms by default): a probe
@@ -1022,8 +1094,69 @@ class Pace:
 
     def stop(self) -> None:
         self.done.set()
+        if self.proc is not None:
+            with self.proc_lock:
+                try:
+                    self.proc.stdin.close()  # the probe process ends when its stdin does
+                except OSError:
+                    pass
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         if self.thread is not None:
             self.thread.join(timeout=10)
+
+    def probe_sql(self, conn) -> str:
+        return sql.SQL("SELECT 1 FROM {} WHERE {} = {}").format(
+            self.target.ident, self.stmts.key_expr(), self.stmts.key_param()).as_string(conn)
+
+    def start_process(self) -> bool:
+        """Start the probe as a process of its own and the thread that reads its timings; False (the probe then
+        runs as a thread) when it cannot be started."""
+        try:
+            conn = self.connect()
+            try:
+                by_key = self.probe_sql(conn)
+            finally:
+                conn.close()
+            cfg = {"conn": self.probe_conn, "sql": by_key, "interval": PROBE_INTERVAL_S,
+                   "timeout": f"{max(int(self.budget * 20), 1000)}ms"}
+            self.proc = subprocess.Popen([sys.executable, "-c", PROBE_PROCESS], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
+                                         close_fds=True)
+            with self.proc_lock:
+                self.proc.stdin.write(json.dumps(cfg, default=str) + "\n")
+                self.proc.stdin.flush()
+        except Exception:
+            if self.proc is not None:
+                self.proc.kill()
+                self.proc.wait()
+                self.proc = None
+            return False
+        self.thread = threading.Thread(target=self.read_process, name="backfill-pace", daemon=True)
+        self.thread.start()
+        return True
+
+    def read_process(self) -> None:
+        """The probe process's timings, a line each, into the decisions."""
+        proc = self.proc
+        for line in proc.stdout:
+            status, _, rest = line.strip().partition(" ")
+            if status in ("ok", "slow"):
+                try:
+                    ms = float(rest)
+                except ValueError:
+                    continue
+                if status == "slow":
+                    self.failed_probes += 1
+                self.observe(ms)
+            elif status == "error":
+                self.disable(f"its probe stopped ({rest})")
+                return
+        if not self.done.is_set():
+            self.disable(f"its probe process ended (exit status {proc.wait()})")
 
     def run(self) -> None:
         try:
@@ -1146,6 +1279,7 @@ class Pace:
     def result(self) -> dict:
         return {"budget_ms": self.budget, "enabled": bool(self.spec.max_foreground_p99_ms) and self.note is None,
                 "probes": self.probes, "probes_timed_out": self.failed_probes,
+                "probe": "process" if self.proc is not None else ("thread" if self.thread is not None else None),
                 "foreground_p99_ms": None if not self.samples else round(percentile(self.samples, 0.99), 2),
                 "foreground_p50_ms": None if not self.samples else round(percentile(self.samples, 0.5), 2),
                 "workers": self.workers, "max_workers": self.most, "target_batch_ms": round(self.batch_ms, 1),
@@ -1172,9 +1306,10 @@ class WorkerState:
 
 
 class Backfill:
-    def __init__(self, spec: Spec, connect: Callable[[], Any]) -> None:
+    def __init__(self, spec: Spec, connect: Callable[[], Any], probe_conn: dict | None = None) -> None:
         self.spec = spec
         self.connect = connect
+        self.probe_conn = probe_conn  # libpq keywords for the pace's probe process (None: a probe thread)
         self.conn = connect()
         self.target: Target | None = None
         self.stmts: Statements | None = None
@@ -1511,7 +1646,7 @@ class Backfill:
                             sum(r["rows_updated"] for r in before), sum(r["batches"] for r in before), estimates,
                             database=conn.info.dbname)
         self.progress = progress
-        self.pace = Pace(spec, self.target, self.stmts, self.connect, len(states))
+        self.pace = Pace(spec, self.target, self.stmts, self.connect, len(states), probe_conn=self.probe_conn)
         progress.pace = self.pace
         progress.emit("resume" if resumed else "start", force=True, since=jsonable(since),
                       workers=len(states))
