@@ -168,7 +168,8 @@ options:
       - The application's latency budget while the backfill runs, in milliseconds. A probe, a small Python process
         of its own with its own connection (so the module's threads never delay it), times a cheap indexed read
         of the target every 20 ms (a key a batch has just written); about every two seconds the
-        p99 of the latest probes steers the pace. Over the budget, one worker fewer, then shorter batches (down
+        p99 of the latest probes steers the pace. Over 80% of the budget (a margin, as the probes sample the
+        foreground thinly), one worker fewer, then shorter batches (down
         to 20 ms), then longer pauses (up to O(max_pause_ms)); under half of it, the same steps back, up to
         O(target_batch_ms) and O(max_workers). The current workers, batch time, pause and measured p99 are in
         every progress line and in the metrics; RV(pace) sums up the run.
