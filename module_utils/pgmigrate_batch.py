@@ -984,23 +984,6 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(rank, len(ordered)) - 1]
 
 
-def renice_autogroup(nice: int) -> int | None:
-    """Lower the priority of this process's scheduler autogroup (Linux, /proc/self/autogroup) to ``nice``; the new
-    value, or None when there is none (no autogroups, no permission).
-
-    With autogroups (the default on desktop and many server kernels) the CPU is shared between sessions first and
-    a thread's own nice only ranks it within its session.  Ansible runs each module in a session of its own, so
-    reniced transform threads alone did not yield to the application's processes (another session): the whole
-    session must be reniced.  Only this module's process tree is in it."""
-    try:
-        with open("/proc/self/autogroup", "w") as fh:
-            fh.write(str(nice))
-        with open("/proc/self/autogroup") as fh:
-            return int(fh.read().split("nice")[1].split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 class Pace:
     """Keeps the application's latency within ``max_foreground_p99_ms`` while the backfill runs.
 
@@ -1144,10 +1127,9 @@ class Pace:
                 conn.close()
             cfg = {"conn": self.probe_conn, "sql": by_key, "interval": PROBE_INTERVAL_S,
                    "timeout": f"{max(int(self.budget * 20), 1000)}ms"}
-            # A session of its own: it waits for a CPU as the application does, not in the module's reniced one.
             self.proc = subprocess.Popen([sys.executable, "-c", PROBE_PROCESS], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
-                                         close_fds=True, start_new_session=True)
+                                         close_fds=True)
             with self.proc_lock:
                 self.proc.stdin.write(json.dumps(cfg, default=str) + "\n")
                 self.proc.stdin.flush()
@@ -1333,7 +1315,6 @@ class Backfill:
         self.spec = spec
         self.connect = connect
         self.probe_conn = probe_conn  # libpq keywords for the pace's probe process (None: a probe thread)
-        self.autogroup_nice: int | None = None  # the module's scheduler group reniced to (Python transforms)
         self.conn = connect()
         self.target: Target | None = None
         self.stmts: Statements | None = None
@@ -1723,7 +1704,7 @@ class Backfill:
             "max_lock_ms": round(progress.max_lock_ms, 1),
             "batch_size": progress.batch_size,
             "workers": len(states),
-            "pace": dict(self.pace.result(), autogroup_nice=self.autogroup_nice) if self.pace is not None else None,
+            "pace": self.pace.result() if self.pace is not None else None,
             "resumed": resumed,
             "skipped_scan": skip,
             "since": jsonable(since),
@@ -1806,9 +1787,7 @@ class Backfill:
         gate = HealthGate(self.spec, self.target, self.blind)
         self.gate = gate
         pace = self.pace
-        pace.start(progress)  # before the renice below: the probe runs in a session of its own, at normal priority
-        if self.spec.python and self.spec.nice:
-            self.autogroup_nice = renice_autogroup(self.spec.nice)
+        pace.start(progress)
 
         def watch() -> None:
             """Stop every worker at its next batch boundary once the controller is gone."""
