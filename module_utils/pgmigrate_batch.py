@@ -1285,6 +1285,7 @@ class Pace:
         return {"budget_ms": self.budget, "enabled": bool(self.spec.max_foreground_p99_ms) and self.note is None,
                 "probes": self.probes, "probes_timed_out": self.failed_probes,
                 "probe": "process" if self.proc is not None else ("thread" if self.thread is not None else None),
+                "probe_pid": self.proc.pid if self.proc is not None else None,
                 "foreground_p99_ms": None if not self.samples else round(percentile(self.samples, 0.99), 2),
                 "foreground_p50_ms": None if not self.samples else round(percentile(self.samples, 0.5), 2),
                 "workers": self.workers, "max_workers": self.most, "target_batch_ms": round(self.batch_ms, 1),

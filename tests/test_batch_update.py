@@ -530,7 +530,7 @@ def test_guard_compares_types_without_equality_as_text(pg, v2_db, tmp_path, help
 
 # --- the foreground latency budget (max_foreground_p99_ms) ------------------------------
 def probe_processes() -> list[int]:
-    """Pids of pace probe processes (python -c PROBE_PROCESS) still running."""
+    """Pids of pace probe processes (python -c PROBE_PROCESS) still running (other tests' too: ask for one pid)."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
@@ -559,7 +559,7 @@ def test_budget_it_cannot_keep_slows_it_down_step_by_step_and_says_so(pg, v2_db,
     assert pace["enabled"] is True and pace["budget_ms"] == 0.001 and pace["probes"] >= 100 * 6, pace
     # The probe ran as a process of its own (a thread of the module would time its wait for the GIL), and ended.
     assert pace["probe"] == "process", pace
-    assert probe_processes() == []
+    assert pace["probe_pid"] not in probe_processes()
     assert pace["foreground_p99_ms"] > 0.001
     steps = [(d["workers"], d["target_batch_ms"], d["pause_ms"]) for d in pace["last_decisions"]]
     assert all(d["why"] == "over the budget" for d in pace["last_decisions"])
