@@ -237,12 +237,12 @@ from ansible.module_utils.pgmigrate_backup import (
     BackupError,
     StreamedProof,
     backup_name,
+    database_fingerprints,
     ensure_private_dir,
     file_digests,
     find_run_backups,
     find_tool,
     fingerprint_tables,
-    fingerprints_table_by_table,
     list_tables,
     manifest_path,
     proof_binding,
@@ -445,7 +445,7 @@ def read_scratch(module, proof: StreamedProof, excluded: list[str]) -> dict:
     restored meanwhile)."""
     conn = connect(module, dbname=proof.scratch)
     try:
-        return fingerprints_table_by_table(conn, excluded)
+        return database_fingerprints(conn, {"excluded_schemas": excluded}, table_by_table=True)
     finally:
         conn.close()
 

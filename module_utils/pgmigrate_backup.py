@@ -90,30 +90,23 @@ def fingerprint_tables(cur, tables: list[tuple[str, str]]) -> dict:
     return {f"{s}.{t}": table_fingerprint(cur, s, t) for s, t in tables}
 
 
-def database_fingerprints(conn, manifest: dict) -> dict:
-    """fingerprint_tables of every table a restored copy holds (the manifest's excluded schemas left out), read
-    in one read-only transaction of ``conn``."""
+def database_fingerprints(conn, manifest: dict, table_by_table: bool = False) -> dict:
+    """fingerprint_tables of every table a restored copy holds (the manifest's excluded schemas left out), read in
+    one read-only transaction of ``conn``; with ``table_by_table``, each table in its own short one, for a copy
+    nobody writes to whose indexes and constraints are being built meanwhile (an ALTER TABLE ... ADD PRIMARY KEY
+    then waits for one table's read, not for all of them)."""
     conn.set_session(readonly=True)
     with conn.cursor() as cur:
-        found = fingerprint_tables(cur, list_tables(cur, manifest.get("excluded_schemas", [])))
+        tables = list_tables(cur, manifest.get("excluded_schemas", []))
+        if not table_by_table:
+            found = fingerprint_tables(cur, tables)
     conn.rollback()
-    return found
-
-
-def fingerprints_table_by_table(conn, exclude_schemas: list[str]) -> dict:
-    """fingerprint_tables of every table of a restored copy nobody writes to, each table in its own short read-only
-    transaction: its lock is held only while it is read, so the copy's indexes and constraints can be built
-    meanwhile (an ALTER TABLE ... ADD PRIMARY KEY waits for one table's read, not for all of them)."""
-    conn.set_session(readonly=True)
-    with conn.cursor() as cur:
-        tables = list_tables(cur, exclude_schemas)
-    conn.rollback()
-    found = {}
-    for schema, table in tables:
-        with conn.cursor() as cur:
-            pin_output_settings(cur)
-            found[f"{schema}.{table}"] = table_fingerprint(cur, schema, table)
-        conn.rollback()
+    if table_by_table:
+        found = {}
+        for schema, table in tables:
+            with conn.cursor() as cur:
+                found.update(fingerprint_tables(cur, [(schema, table)]))
+            conn.rollback()
     return found
 
 
@@ -562,6 +555,14 @@ class StreamedProof:
         self.stderr.truncate()
         return errors
 
+    def _wait(self, proc: subprocess.Popen, timeout: float | None) -> int | None:
+        """proc's exit status, or None (everything killed) when it did not end within timeout."""
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
     def finish(self, dump_ok: bool, read_tables=None, timeout: float | None = None) -> str | None:
         """After pg_dump has exited: the rest of the file to pg_restore, wait for it; then the post-data section
         restored while ``read_tables()`` (-> the scratch database's fingerprints) runs; the problem, or None."""
@@ -570,10 +571,8 @@ class StreamedProof:
             self.kill()
             return "pg_dump failed"
         self.thread.join(timeout)
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        rc = self._wait(self.proc, timeout)
+        if rc is None:
             return f"pg_restore into the scratch database did not finish within {timeout} s"
         self.data_s = round(time.monotonic() - self.started, 3)
         if rc != 0:
@@ -594,10 +593,8 @@ class StreamedProof:
             except Exception as exc:  # the post-data restore is still waited for below
                 read_problem = f"reading the restored tables failed: {str(exc).strip()}"
             self.tables_s = round(time.monotonic() - t0, 3)
-        try:
-            post_rc = self.post.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        post_rc = self._wait(self.post, timeout)
+        if post_rc is None:
             return f"pg_restore of the post-data section did not finish within {timeout} s"
         self.restore_s = round(time.monotonic() - self.started, 3)
         errors = self._errors()

@@ -25,7 +25,7 @@ How a backfill runs:
 * The batch size adapts toward ``target_batch_ms`` (shrink fast when a batch is slow, grow
   by at most 20 % when it is fast), a lock timeout halves the batch and retries, and health
   holds (replication lag, vacuum on the table, WAL archive backlog) wait and say why.
-* A foreground latency budget (``max_foreground_p99_ms``): a probe connection times a cheap
+* A foreground latency budget (``max_foreground_p99_ms``): a probe process times a cheap
   query on the target (a key the backfill has just written) every 20 ms, and about once a
   second the p99 of the latest probes steers the pace: over 80 % of the budget, one worker fewer, then
   shorter batches, then longer pauses; under half of it, the same steps back up to the plan's
@@ -42,12 +42,10 @@ import importlib
 import io
 import json
 import os
-import random
 import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Callable
@@ -987,7 +985,7 @@ def percentile(values: list[float], q: float) -> float | None:
 class Pace:
     """Keeps the application's latency within ``max_foreground_p99_ms`` while the backfill runs.
 
-    A probe thread with its own connection times a cheap, indexed read of the target (a key a
+    A probe process (PROBE_PROCESS) with its own connection times a cheap, indexed read of the target (a key a
     batch has just written, where the backfill's work is; ``SELECT 1`` before the first batch)
     every PROBE_INTERVAL_S, each timed from the moment it was due.  Once PACE_MIN_SAMPLES probes have come in since
     the last decision, their p99 decides:
@@ -1027,7 +1025,6 @@ class Pace:
         self.pause_ms = self.min_pause
         self.cond = threading.Condition()
         self.running = 0
-        self.keys: deque = deque(maxlen=256)
         self.window: list[float] = []
         self.samples: list[float] = []  # every probe of the run (for the result's p99), at most 200,000
         self.probes = 0
@@ -1045,7 +1042,6 @@ class Pace:
         self.progress: Progress | None = None
         self.done = threading.Event()
         self.thread: threading.Thread | None = None
-        self.rng = random.Random()  # which key to probe next: not a secret
 
     # -- the workers' side -----------------------------------------------------------
     @contextmanager
@@ -1068,33 +1064,26 @@ class Pace:
                     self.cond.notify_all()
 
     def wrote(self, key: list | None) -> None:
-        if key is not None and self.enabled:
-            self.keys.append(tuple(key))
-            if self.proc is not None:
-                line = json.dumps(list(key), default=str) + "\n"
-                with self.proc_lock:
-                    try:
-                        self.proc.stdin.write(line)
-                        self.proc.stdin.flush()
-                    except (OSError, ValueError):
-                        pass  # the probe process has ended: its reader says why
+        if key is not None and self.enabled and self.proc is not None:
+            line = json.dumps(list(key), default=str) + "\n"
+            with self.proc_lock:
+                try:
+                    self.proc.stdin.write(line)
+                    self.proc.stdin.flush()
+                except (OSError, ValueError):
+                    pass  # the probe process has ended: its reader says why
 
     def pause_s(self) -> float:
         return max(self.pause_ms, self.min_pause) / 1000.0
 
-    # -- the probe thread --------------------------------------------------------------
+    # -- the probe process ------------------------------------------------------------
     def start(self, progress: Progress) -> None:
         self.progress = progress
         if not self.enabled:
             return
-        if self.probe_conn is not None and self.start_process():
-            return
-        if self.spec.python:
-            # The transform holds the GIL in slices of the switch interval (5 ms by default): a probe
-            # returning meanwhile would count that wait as the server's.
-            sys.setswitchinterval(0.0005)
-        self.thread = threading.Thread(target=self.run, name="backfill-pace", daemon=True)
-        self.thread.start()
+        problem = self.start_process()
+        if problem:  # the backfill goes on at the plan's settings and says why
+            self.disable(problem)
 
     def stop(self) -> None:
         self.done.set()
@@ -1116,9 +1105,10 @@ class Pace:
         return sql.SQL("SELECT 1 FROM {} WHERE {} = {}").format(
             self.target.ident, self.stmts.key_expr(), self.stmts.key_param()).as_string(conn)
 
-    def start_process(self) -> bool:
-        """Start the probe as a process of its own and the thread that reads its timings; False (the probe then
-        runs as a thread) when it cannot be started."""
+    def start_process(self) -> str | None:
+        """Start the probe (PROBE_PROCESS) and the thread that reads its timings; why it could not, or None."""
+        if self.probe_conn is None:
+            return "no connection for its probe"
         try:
             conn = self.connect()
             try:
@@ -1133,15 +1123,15 @@ class Pace:
             with self.proc_lock:
                 self.proc.stdin.write(json.dumps(cfg, default=str) + "\n")
                 self.proc.stdin.flush()
-        except Exception:
+        except Exception as exc:
             if self.proc is not None:
                 self.proc.kill()
                 self.proc.wait()
                 self.proc = None
-            return False
+            return f"its probe could not start ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
         self.thread = threading.Thread(target=self.read_process, name="backfill-pace", daemon=True)
         self.thread.start()
-        return True
+        return None
 
     def read_process(self) -> None:
         """The probe process's timings, a line each, into the decisions."""
@@ -1161,48 +1151,6 @@ class Pace:
                 return
         if not self.done.is_set():
             self.disable(f"its probe process ended (exit status {proc.wait()})")
-
-    def run(self) -> None:
-        try:
-            conn = self.connect()
-            conn.autocommit = True
-        except Exception as exc:  # the backfill goes on at the plan's settings and says why
-            self.disable(f"its probe connection failed ({' '.join(str(exc).split())[:200]})")
-            return
-        by_key = sql.SQL("SELECT 1 FROM {} WHERE {} = {}").format(self.target.ident, self.stmts.key_expr(),
-                                                                  self.stmts.key_param())
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SET statement_timeout = %s", (f"{max(int(self.budget * 20), 1000)}ms",))
-                # A fixed schedule, as an application's requests arrive: each probe's latency runs from the
-                # moment it was due, so the time this thread waited for a CPU to wake it counts too (the
-                # foreground waits for the CPU the same way; a probe timed from its own start would not see it).
-                due = time.perf_counter()
-                while not self.done.is_set():
-                    due += PROBE_INTERVAL_S
-                    wait = due - time.perf_counter()
-                    if wait > 0 and self.done.wait(wait):
-                        break
-                    key = self.rng.choice(self.keys) if self.keys else None
-                    try:
-                        if key is None:
-                            cur.execute("SELECT 1")
-                        else:
-                            cur.execute(by_key, list(key))
-                        cur.fetchall()
-                    except psycopg2.errors.QueryCanceled:
-                        self.failed_probes += 1  # slower than the statement timeout: counts with its time
-                    now = time.perf_counter()
-                    self.observe((now - due) * 1000.0)
-                    if now - due > PROBE_INTERVAL_S:
-                        due = now  # far behind (a stall): start a new schedule instead of a burst of probes
-        except Exception as exc:
-            self.disable(f"its probe stopped ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})")
-        finally:
-            try:
-                conn.close()
-            except Exception:
-                pass
 
     def disable(self, why: str) -> None:
         with self.cond:
@@ -1284,7 +1232,7 @@ class Pace:
     def result(self) -> dict:
         return {"budget_ms": self.budget, "enabled": bool(self.spec.max_foreground_p99_ms) and self.note is None,
                 "probes": self.probes, "probes_timed_out": self.failed_probes,
-                "probe": "process" if self.proc is not None else ("thread" if self.thread is not None else None),
+                "probe": "process" if self.proc is not None else None,
                 "probe_pid": self.proc.pid if self.proc is not None else None,
                 "foreground_p99_ms": None if not self.samples else round(percentile(self.samples, 0.99), 2),
                 "foreground_p50_ms": None if not self.samples else round(percentile(self.samples, 0.5), 2),
@@ -1315,7 +1263,7 @@ class Backfill:
     def __init__(self, spec: Spec, connect: Callable[[], Any], probe_conn: dict | None = None) -> None:
         self.spec = spec
         self.connect = connect
-        self.probe_conn = probe_conn  # libpq keywords for the pace's probe process (None: a probe thread)
+        self.probe_conn = probe_conn  # libpq keywords for the pace's probe process (None: the budget is not kept)
         self.conn = connect()
         self.target: Target | None = None
         self.stmts: Statements | None = None
@@ -1860,7 +1808,7 @@ class Worker:
         if self.spec.python and self.spec.nice:
             # The Python transform's CPU is background work: this thread (and the writer threads it starts) runs
             # at a lower priority, so on a busy host it yields to the application instead of competing with it.
-            # The pace's probe thread keeps the normal priority: it waits for a CPU as the application does.
+            # The pace's probe (a process of its own) keeps the normal priority, as the application.
             try:
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.spec.nice)
             except (OSError, AttributeError):
