@@ -396,7 +396,19 @@ def test_vacuum_on_the_table_holds_the_backfill(pg, v2_db, tmp_path):
     vacuum = threading.Thread(target=lambda: query(pg, v2_db, "VACUUM (FREEZE) predictions"))
     vacuum.start()
     time.sleep(1.0)
-    timer = threading.Timer(3.0, blocker.rollback)
+
+    def release_once_held() -> None:
+        """Free the vacuum once the backfill has said it holds for it (not after a fixed time: on a loaded machine
+        ansible-playbook may start the module after a fixed timer has already let the vacuum finish)."""
+        progress = tmp_path / "progress.jsonl"
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if progress.exists() and '"event": "hold"' in progress.read_text():
+                break
+            time.sleep(0.2)
+        blocker.rollback()
+
+    timer = threading.Thread(target=release_once_held)
     timer.start()
     try:
         res = run_module("pg_batch_update", plan_args(pg, v2_db, tmp_path, hold_on_autovacuum=True,
